@@ -1,0 +1,58 @@
+"""BUSI breast ultrasound (Al-Dhabyani et al., Data in Brief 28, 2020): folder layout -> labelled datalist.
+
+The release holds ``benign/``, ``malignant/`` and ``normal/`` folders of PNG images, with a ``<name>_mask.png``
+(sometimes ``_mask_1.png``) segmentation mask beside each image. The masks are not images to classify and
+are skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+__all__ = ["BUSI_CLASSES", "busi_datalist"]
+
+#: class names in label order
+BUSI_CLASSES: tuple[str, ...] = ("benign", "malignant", "normal")
+_MASK_PATTERN = re.compile(r"_mask(_\d+)?$", re.IGNORECASE)
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
+
+
+def busi_datalist(dataset_dir: str | os.PathLike, classes: tuple[str, ...] = BUSI_CLASSES) -> list[dict]:
+    """List the BUSI images with their labels.
+
+    Args:
+        dataset_dir: folder holding one sub-folder per class.
+        classes: class folder names in label order.
+
+    Returns:
+        ``[{"image": path, "label": index}, ...]`` sorted by class then file name.
+
+    Raises:
+        FileNotFoundError: if ``dataset_dir`` or a class folder is missing.
+        ValueError: if a class folder holds no image, or ``dataset_dir`` has a folder that is not a known class.
+    """
+    root = Path(dataset_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"BUSI dataset folder not found: {root}")
+    unknown = sorted(
+        p.name for p in root.iterdir() if p.is_dir() and p.name not in classes and not p.name.startswith(".")
+    )
+    if unknown:
+        raise ValueError(
+            f"{root} has class folder(s) {unknown} that are not BUSI classes {list(classes)}; move them "
+            "out or pass the class list explicitly."
+        )
+    items: list[dict] = []
+    for label, name in enumerate(classes):
+        folder = root / name
+        if not folder.is_dir():
+            raise FileNotFoundError(f"BUSI class folder missing: {folder} (expected {list(classes)} under {root})")
+        images = sorted(
+            p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES and not _MASK_PATTERN.search(p.stem)
+        )
+        if not images:
+            raise ValueError(f"BUSI class folder {folder} holds no image (masks are skipped).")
+        items.extend({"image": str(p), "label": label} for p in images)
+    return items

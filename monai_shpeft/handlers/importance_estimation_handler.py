@@ -1,0 +1,178 @@
+"""Ignite handler that estimates SH-PEFT importance before training and builds the sparse trainable set."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from monai.utils import min_version, optional_import
+
+from monai_shpeft.handlers.gradient_mask_handler import STATE_KEY
+from monai_shpeft.importance import ImportanceMode, ImportanceStrategy, estimate_importance, scoped_parameters, unwrap
+from monai_shpeft.sparse_set import SparseTrainableSet
+
+Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+else:
+    Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
+
+__all__ = ["ImportanceEstimationHandler"]
+
+
+class ImportanceEstimationHandler:
+    """Run hybrid importance estimation when training starts and select the top ``budget`` weights.
+
+    The estimation uses the trainer's own network, loss function and ``prepare_batch``, over ``data_loader``
+    (default: the trainer's loader) for ``num_iterations`` mini-batches (default: one epoch, as in the paper).
+    The resulting :class:`~monai_shpeft.sparse_set.SparseTrainableSet` is saved to ``save_path`` (atomically)
+    and left on ``engine.state.sparse_trainable_set``, where :class:`GradientMaskHandler` picks it up.
+
+    Args:
+        budget: trainable entries, as a ratio of the backbone (0.01 = 1%) or an absolute count.
+        strategy: ``"l2"`` (default) or ``"l1"``.
+        lambda_: weight of the balanced task-agnostic term (default 1.0).
+        mode: ``"hybrid"`` (default), ``"task_specific"`` or ``"task_agnostic"``.
+        data_loader: batches for the task-specific term; ``None`` uses the trainer's loader.
+        num_iterations: mini-batches to accumulate; ``None`` is one epoch of the loader.
+        scope: submodule of the network whose weights are ranked (the head is outside it and trains fully).
+        save_path: where to save the set (``.safetensors``); ``None`` keeps it in memory only.
+        load_path: an existing set to use instead of estimating (checked against the network).
+        reuse_saved: when ``save_path`` already holds a set (e.g. a resumed run), load it instead of estimating.
+        backbone_name: recorded in the set's header; defaults to the network's ``backbone_name`` attribute.
+        progress: show a progress bar over the estimation batches.
+    """
+
+    def __init__(
+        self,
+        budget: float | int = 0.01,
+        strategy: ImportanceStrategy | str = ImportanceStrategy.L2,
+        lambda_: float = 1.0,
+        mode: ImportanceMode | str = ImportanceMode.HYBRID,
+        data_loader: Iterable[Any] | None = None,
+        num_iterations: int | None = None,
+        scope: str | None = "backbone",
+        save_path: str | os.PathLike | None = None,
+        load_path: str | os.PathLike | None = None,
+        reuse_saved: bool = False,
+        backbone_name: str | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.budget = budget
+        self.strategy = ImportanceStrategy(strategy)
+        self.lambda_ = float(lambda_)
+        self.mode = ImportanceMode(mode)
+        self.data_loader = data_loader
+        self.num_iterations = num_iterations
+        self.scope = scope
+        self.save_path = Path(save_path) if save_path else None
+        self.load_path = Path(load_path) if load_path else None
+        self.reuse_saved = reuse_saved
+        self.backbone_name = backbone_name
+        self.progress = progress
+        self.logger = logging.getLogger(__name__)
+        self.trainable_set: SparseTrainableSet | None = None
+        self.elapsed_seconds: float | None = None
+
+    def attach(self, engine: Engine) -> None:
+        """Register the estimation on ``Events.STARTED`` of ``engine``.
+
+        Args:
+            engine: a MONAI ``SupervisedTrainer``.
+        """
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        """Estimate (or load) the sparse trainable set and hand it to the gradient mask.
+
+        Args:
+            engine: the trainer.
+        """
+        network = unwrap(engine.network)
+        existing = self.load_path
+        if existing is None and self.reuse_saved and self.save_path is not None and self.save_path.is_file():
+            existing = self.save_path
+        if existing is not None:
+            trainable_set = SparseTrainableSet.load(existing)
+            trainable_set.check_compatible(network.named_parameters(), source=str(existing))
+            self.logger.info("Loaded sparse trainable set from %s (%d weights).", existing, trainable_set.num_selected)
+        else:
+            trainable_set = self.estimate(engine)
+            if self.save_path is not None:
+                trainable_set.save(self.save_path)
+                self.logger.info("Saved sparse trainable set to %s.", self.save_path)
+        self.trainable_set = trainable_set
+        setattr(engine.state, STATE_KEY, trainable_set)
+
+    def estimate(self, engine: Engine) -> SparseTrainableSet:
+        """Run the estimation with the trainer's components and select the set.
+
+        Args:
+            engine: the trainer.
+
+        Returns:
+            the new sparse trainable set.
+        """
+        network = unwrap(engine.network)
+        loader = self.data_loader if self.data_loader is not None else engine.data_loader
+        num_iterations = self.num_iterations
+        if num_iterations is None and self.data_loader is None:
+            num_iterations = engine.state.epoch_length  # one epoch of the trainer, even for an endless loader
+        self.logger.info(
+            "Estimating SH-PEFT importance: strategy=%s mode=%s lambda=%g budget=%s over %s mini-batches.",
+            self.strategy.value,
+            self.mode.value,
+            self.lambda_,
+            self.budget,
+            num_iterations if num_iterations is not None else "one epoch of",
+        )
+        start = time.perf_counter()
+        importance = estimate_importance(
+            network,
+            loader,
+            engine.loss_function,
+            strategy=self.strategy,
+            lambda_=self.lambda_,
+            mode=self.mode,
+            num_iterations=num_iterations,
+            scope=self.scope,
+            prepare_batch=_engine_prepare_batch(engine),
+            device=engine.state.device,
+            amp=bool(getattr(engine, "amp", False)),
+            progress=self.progress,
+        )
+        header = {
+            "backbone": self.backbone_name or getattr(network, "backbone_name", type(network).__name__),
+            "strategy": self.strategy.value,
+            "mode": self.mode.value,
+            "lambda": self.lambda_,
+            "budget": self.budget,
+            "estimation_iterations": num_iterations,
+        }
+        trainable_set = SparseTrainableSet.from_importance(importance, self.budget, header=header, scope=self.scope)
+        self.elapsed_seconds = time.perf_counter() - start
+        in_scope = len(scoped_parameters(network, self.scope))
+        self.logger.info(
+            "Importance estimation took %.1f s; selected %d weights in %d of %d tensors.\n%s",
+            self.elapsed_seconds,
+            trainable_set.num_selected,
+            len(trainable_set.trainable_names()),
+            in_scope,
+            trainable_set.summary(),
+        )
+        return trainable_set
+
+
+def _engine_prepare_batch(engine: Engine) -> Any:
+    """The trainer's ``prepare_batch`` bound to its ``non_blocking`` and ``to_kwargs`` settings."""
+    prepare = engine.prepare_batch
+    to_kwargs = getattr(engine, "to_kwargs", {}) or {}
+
+    def prepare_for_estimation(batch: Any, device: Any, non_blocking: bool = False) -> Any:
+        return prepare(batch, device, getattr(engine, "non_blocking", non_blocking), **to_kwargs)
+
+    return prepare_for_estimation

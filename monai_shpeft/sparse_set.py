@@ -1,0 +1,409 @@
+"""The sparse trainable set: which entries of which backbone tensors SH-PEFT trains.
+
+SH-PEFT (Liu et al., Sec. 2.2) ranks every weight of the backbone by its importance and trains only the
+top ``budget`` of them through a binary mask ``M`` (Eq. 2). :class:`SparseTrainableSet` is that mask in a
+compact form: for each parameter, the sorted flat indices of its trainable entries, plus the shapes of every
+parameter in scope (so a set can be checked against a model before it is used) and a small header that says
+how it was made (backbone, strategy, lambda, budget).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from monai_shpeft.utils import atomic_path
+
+__all__ = [
+    "SparseSetMismatchError",
+    "SparseTrainableSet",
+    "block_of",
+    "layer_type_of",
+    "resolve_budget",
+    "select_top_k",
+]
+
+FORMAT_NAME = "monai_shpeft.sparse_trainable_set"
+FORMAT_VERSION = "1"
+_HEADER_KEY = "header"
+# "blocks.3." (timm), "resblocks.3." (open_clip), "layers.3." / "layer.3." (other ViTs)
+_BLOCK_PATTERN = re.compile(r"(?:^|\.)(?:blocks|resblocks|layers|layer)\.(\d+)\.")
+
+
+class SparseSetMismatchError(ValueError):
+    """A sparse trainable set does not fit the model it is applied to (other backbone, names or shapes)."""
+
+
+def _strip_scope(name: str, scope: str | None) -> str:
+    prefix = f"{scope}." if scope else ""
+    return name[len(prefix) :] if prefix and name.startswith(prefix) else name
+
+
+def block_of(name: str, scope: str | None = "backbone") -> str:
+    """Return the block a parameter belongs to, for per-block counts.
+
+    Transformer blocks are named ``blocks.<i>`` whatever the library calls them; everything else (patch and
+    position embeddings, class token, final norm) is named by its first component.
+
+    Args:
+        name: full parameter name, e.g. ``backbone.blocks.3.attn.qkv.weight``.
+        scope: prefix stripped before grouping (the backbone submodule's name).
+
+    Returns:
+        a block name such as ``blocks.3``, ``patch_embed`` or ``pos_embed``.
+    """
+    match = _BLOCK_PATTERN.search(name)
+    if match:
+        return f"blocks.{int(match.group(1))}"
+    return _strip_scope(name, scope).split(".")[0]
+
+
+def layer_type_of(name: str, scope: str | None = "backbone") -> str:
+    """Return the parameter's role inside its block, e.g. ``attn.qkv.weight`` or ``norm1.bias``.
+
+    Args:
+        name: full parameter name.
+        scope: prefix stripped from names outside transformer blocks.
+
+    Returns:
+        the part of the name after the block index, or the scope-stripped name outside blocks.
+    """
+    match = _BLOCK_PATTERN.search(name)
+    if match:
+        return name[match.end() :]
+    return _strip_scope(name, scope)
+
+
+def resolve_budget(budget: float | int, total: int) -> int:
+    """Turn a budget into an exact number of trainable entries.
+
+    Args:
+        budget: a float in (0, 1] is a ratio of ``total`` (0.01 = 1%); an int >= 1 is an absolute count.
+        total: number of entries in scope.
+
+    Returns:
+        the number of entries to select, at least 1.
+
+    Raises:
+        ValueError: for a budget that is not positive, a ratio above 1, or a count above ``total``.
+    """
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)):
+        raise ValueError(f"budget must be a ratio (float in (0, 1]) or a count (int >= 1), got {budget!r}.")
+    if isinstance(budget, float):
+        if not 0.0 < budget <= 1.0:
+            raise ValueError(f"budget ratio must be in (0, 1] (0.01 means 1%), got {budget}.")
+        return max(1, int(round(budget * total)))
+    if not 1 <= budget <= total:
+        raise ValueError(f"budget count must be between 1 and the {total} weights in scope, got {budget}.")
+    return int(budget)
+
+
+def select_top_k(importance: Mapping[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
+    """Pick exactly ``k`` entries with the largest importance over all tensors.
+
+    The threshold ``tau`` is the k-th largest score; every entry above it is selected, and entries equal to it
+    are taken in order of their position (parameter order, then flat index) until ``k`` are chosen, so the
+    result is deterministic even with ties.
+
+    Args:
+        importance: per-parameter importance scores, in parameter order.
+        k: how many entries to select.
+
+    Returns:
+        per-parameter sorted flat indices (int64, CPU) of the selected entries; every name is present.
+
+    Raises:
+        ValueError: if a score is NaN or ``k`` is out of range.
+    """
+    names = list(importance)
+    flat = torch.cat([importance[n].detach().reshape(-1).float().cpu() for n in names])
+    total = flat.numel()
+    if not 0 < k <= total:
+        raise ValueError(f"cannot select {k} of {total} entries.")
+    if torch.isnan(flat).any():
+        bad = next(n for n in names if torch.isnan(importance[n]).any())
+        raise ValueError(f"importance of parameter '{bad}' contains NaN; the estimation is not usable.")
+    tau = torch.kthvalue(flat, total - k + 1).values
+    chosen = flat > tau
+    missing = k - int(chosen.sum())
+    if missing > 0:
+        ties = torch.nonzero(flat == tau).flatten()[:missing]  # nonzero is in ascending position order
+        chosen[ties] = True
+    result: dict[str, torch.Tensor] = {}
+    offset = 0
+    for name in names:
+        numel = importance[name].numel()
+        result[name] = torch.nonzero(chosen[offset : offset + numel]).flatten().to(torch.int64)
+        offset += numel
+    return result
+
+
+@dataclass
+class SparseTrainableSet:
+    """Per-parameter trainable entries of a backbone, with the header that says how they were chosen.
+
+    Args:
+        indices: parameter name -> sorted flat indices (int64) of its trainable entries. Names without an
+            entry (or with an empty tensor) have no trainable entry.
+        shapes: parameter name -> shape, for every parameter in scope, in model order.
+        header: free-form description (backbone, strategy, lambda, budget, ...), saved with the set.
+        scope: name of the submodule the set covers; parameters outside it (the head) are not masked.
+    """
+
+    indices: dict[str, torch.Tensor]
+    shapes: dict[str, tuple[int, ...]]
+    header: dict[str, Any] = field(default_factory=dict)
+    scope: str | None = "backbone"
+
+    def __post_init__(self) -> None:
+        unknown = [n for n in self.indices if n not in self.shapes]
+        if unknown:
+            raise ValueError(f"indices given for parameters without a shape: {unknown[:3]}")
+        for name, shape in self.shapes.items():
+            idx = self.indices.get(name)
+            numel = _numel(shape)
+            if idx is None or idx.numel() == 0:
+                self.indices[name] = torch.zeros(0, dtype=torch.int64)
+                continue
+            idx = idx.detach().cpu().to(torch.int64).flatten()
+            if idx.min() < 0 or idx.max() >= numel:
+                raise ValueError(f"indices of '{name}' fall outside its {numel} entries.")
+            self.indices[name] = torch.unique(idx)  # sorted and deduplicated
+        self.indices = {n: self.indices[n] for n in self.shapes}  # keep model order
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_importance(
+        cls,
+        importance: Mapping[str, torch.Tensor],
+        budget: float | int,
+        header: Mapping[str, Any] | None = None,
+        scope: str | None = "backbone",
+    ) -> SparseTrainableSet:
+        """Select the top ``budget`` entries of ``importance`` (see :func:`select_top_k`).
+
+        Args:
+            importance: per-parameter importance, in model order.
+            budget: ratio (float) or count (int) of entries to train.
+            header: extra description to keep with the set.
+            scope: the submodule the parameters belong to.
+
+        Returns:
+            the sparse trainable set.
+        """
+        total = sum(t.numel() for t in importance.values())
+        k = resolve_budget(budget, total)
+        indices = select_top_k(importance, k)
+        shapes = {n: tuple(t.shape) for n, t in importance.items()}
+        info = dict(header or {})
+        info.setdefault("budget", budget)
+        return cls(indices=indices, shapes=shapes, header=info, scope=scope)
+
+    # ------------------------------------------------------------------ counts
+    @property
+    def num_selected(self) -> int:
+        """Number of trainable entries."""
+        return sum(int(i.numel()) for i in self.indices.values())
+
+    @property
+    def num_total(self) -> int:
+        """Number of entries in scope."""
+        return sum(_numel(s) for s in self.shapes.values())
+
+    @property
+    def ratio(self) -> float:
+        """Trainable fraction of the entries in scope."""
+        return self.num_selected / max(self.num_total, 1)
+
+    def counts_per_tensor(self) -> dict[str, int]:
+        """Selected entries per parameter, in model order."""
+        return {n: int(i.numel()) for n, i in self.indices.items()}
+
+    def counts_per_block(self) -> dict[str, tuple[int, int]]:
+        """``(selected, total)`` per block (see :func:`block_of`), in model order."""
+        return self._group(lambda n: block_of(n, self.scope))
+
+    def counts_per_layer_type(self) -> dict[str, tuple[int, int]]:
+        """``(selected, total)`` per role inside a block (see :func:`layer_type_of`)."""
+        return self._group(lambda n: layer_type_of(n, self.scope))
+
+    def _group(self, key_of: Any) -> dict[str, tuple[int, int]]:
+        groups: dict[str, list[int]] = {}
+        for name, shape in self.shapes.items():
+            counts = groups.setdefault(key_of(name), [0, 0])
+            counts[0] += int(self.indices[name].numel())
+            counts[1] += _numel(shape)
+        return {k: (v[0], v[1]) for k, v in groups.items()}
+
+    def trainable_names(self) -> list[str]:
+        """Parameters with at least one trainable entry."""
+        return [n for n, i in self.indices.items() if i.numel() > 0]
+
+    def frozen_names(self) -> list[str]:
+        """Parameters in scope with no trainable entry (they need no gradient at all)."""
+        return [n for n, i in self.indices.items() if i.numel() == 0]
+
+    # ------------------------------------------------------------------ masks
+    def mask(self, name: str, device: torch.device | str | None = None) -> torch.Tensor:
+        """Dense boolean mask of parameter ``name`` (True = trainable).
+
+        Args:
+            name: parameter name.
+            device: where to build the mask.
+
+        Returns:
+            a bool tensor of the parameter's shape.
+        """
+        shape = self.shapes[name]
+        flat = torch.zeros(_numel(shape), dtype=torch.bool, device=device)
+        flat[self.indices[name].to(flat.device)] = True
+        return flat.reshape(shape)
+
+    # ------------------------------------------------------------------ checking
+    def check_compatible(self, named_parameters: Iterable[tuple[str, torch.Tensor]], source: str = "") -> None:
+        """Check that the parameters in scope have exactly the names and shapes of this set.
+
+        Args:
+            named_parameters: the model's ``named_parameters()``.
+            source: where the set came from, quoted in the error (e.g. its file).
+
+        Raises:
+            SparseSetMismatchError: naming the first parameter that is missing, extra or of another shape.
+        """
+        origin = f" (from {source})" if source else ""
+        made_for = self.header.get("backbone", "an unknown backbone")
+        prefix = f"{self.scope}." if self.scope else ""
+        model_shapes = {n: tuple(p.shape) for n, p in named_parameters if n.startswith(prefix)}
+        for name, shape in self.shapes.items():
+            if name not in model_shapes:
+                raise SparseSetMismatchError(
+                    f"The sparse trainable set{origin} was made for {made_for}: its parameter '{name}' is not in "
+                    "the model. Use a set estimated for this backbone, or re-run importance estimation."
+                )
+            if model_shapes[name] != shape:
+                raise SparseSetMismatchError(
+                    f"The sparse trainable set{origin} was made for {made_for}: parameter '{name}' has shape "
+                    f"{list(shape)} in the set but {list(model_shapes[name])} in the model (another image size or "
+                    "architecture?). Re-run importance estimation for this model."
+                )
+        extra = [n for n in model_shapes if n not in self.shapes]
+        if extra:
+            raise SparseSetMismatchError(
+                f"The sparse trainable set{origin} was made for {made_for}: the model's parameter '{extra[0]}' "
+                f"is not covered by it ({len(extra)} such parameters). Re-run importance estimation for this model."
+            )
+
+    # ------------------------------------------------------------------ reporting
+    def to_record(self) -> dict[str, Any]:
+        """A JSON-serialisable summary: header, counts and per-block counts (no indices)."""
+        return {
+            **self.header,
+            "selected": self.num_selected,
+            "total": self.num_total,
+            "ratio": self.ratio,
+            "tensors_with_trainable_entries": len(self.trainable_names()),
+            "tensors_in_scope": len(self.shapes),
+            "counts_per_block": {k: v[0] for k, v in self.counts_per_block().items()},
+        }
+
+    def summary(self) -> str:
+        """A readable table of trainable entries per block, with the overall ratio."""
+        rows = [(block, sel, tot) for block, (sel, tot) in self.counts_per_block().items()]
+        width = max([len("block")] + [len(r[0]) for r in rows])
+        lines = [f"{'block':<{width}}  {'selected':>10}  {'total':>12}  {'ratio':>9}"]
+        lines.append("-" * len(lines[0]))
+        for block, sel, tot in rows:
+            lines.append(f"{block:<{width}}  {sel:>10,}  {tot:>12,}  {sel / max(tot, 1):>9.4%}")
+        lines.append("-" * len(lines[0]))
+        lines.append(f"{'all':<{width}}  {self.num_selected:>10,}  {self.num_total:>12,}  {self.ratio:>9.4%}")
+        described = ", ".join(f"{k}={v}" for k, v in self.header.items() if not isinstance(v, (dict, list)))
+        return (f"Sparse trainable set ({described})\n" if described else "") + "\n".join(lines)
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | os.PathLike) -> Path:
+        """Save to ``.safetensors`` atomically: one index tensor per trainable parameter, JSON header.
+
+        Indices are stored as int32 where the tensor is small enough, halving the file size.
+
+        Args:
+            path: destination file.
+
+        Returns:
+            the path written.
+        """
+        tensors = {}
+        for name, idx in self.indices.items():
+            if idx.numel():
+                small = _numel(self.shapes[name]) < 2**31
+                tensors[name] = idx.to(torch.int32 if small else torch.int64).contiguous()
+        header = {
+            "scope": self.scope,
+            "header": self.header,
+            "shapes": {n: list(s) for n, s in self.shapes.items()},
+            "counts": self.counts_per_tensor(),
+            "selected": self.num_selected,
+            "total": self.num_total,
+        }
+        metadata = {"format": FORMAT_NAME, "version": FORMAT_VERSION, _HEADER_KEY: json.dumps(header)}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=metadata)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> SparseTrainableSet:
+        """Load a set saved by :meth:`save`.
+
+        Args:
+            path: the ``.safetensors`` file.
+
+        Returns:
+            the sparse trainable set.
+
+        Raises:
+            FileNotFoundError: if the file does not exist.
+            ValueError: if the file is not a sparse trainable set.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"sparse trainable set file not found: {path}")
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+                tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+        except Exception as error:  # safetensors raises its own error types for corrupt files
+            raise ValueError(f"{path} is not a readable safetensors file: {error}") from error
+        if metadata.get("format") != FORMAT_NAME:
+            raise ValueError(f"{path} is a safetensors file but not a sparse trainable set (format tag missing).")
+        info = json.loads(metadata[_HEADER_KEY])
+        shapes = {n: tuple(s) for n, s in info["shapes"].items()}
+        loaded = cls(indices=dict(tensors), shapes=shapes, header=info.get("header", {}), scope=info.get("scope"))
+        if loaded.num_selected != info.get("selected", loaded.num_selected):
+            raise ValueError(
+                f"{path} is inconsistent: header says {info['selected']} entries, file holds {loaded.num_selected}."
+            )
+        return loaded
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SparseTrainableSet):
+            return NotImplemented
+        return (
+            self.shapes == other.shapes
+            and self.scope == other.scope
+            and all(torch.equal(self.indices[n], other.indices[n]) for n in self.shapes)
+        )
+
+
+def _numel(shape: Iterable[int]) -> int:
+    total = 1
+    for dim in shape:
+        total *= int(dim)
+    return total

@@ -1,0 +1,72 @@
+"""Small shared utilities: atomic file writes and file hashing."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+__all__ = ["atomic_path", "atomic_write_json", "sha256_of_file"]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` and move it over ``path`` once the block succeeds.
+
+    A reader (or a run killed at any moment) therefore sees either the old file or the complete new one,
+    never a partly written file. The temporary file lives in the same directory so that ``os.replace``
+    is an atomic rename on the same file system.
+
+    Args:
+        path: the final destination.
+
+    Yields:
+        the temporary path to write to.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:  # make the bytes durable before the rename publishes them
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_json(path: str | os.PathLike, data: Any, indent: int = 4) -> None:
+    """Write ``data`` as JSON to ``path`` atomically (see :func:`atomic_path`).
+
+    Args:
+        path: destination file.
+        data: JSON-serialisable object.
+        indent: indentation of the written JSON.
+    """
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=indent) + "\n", encoding="utf-8")
+
+
+def sha256_of_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    """Return the hex SHA-256 digest of a file, read in chunks so large checkpoints fit in memory.
+
+    Args:
+        path: the file to hash.
+        chunk_size: bytes read at a time.
+
+    Returns:
+        the hexadecimal digest.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
