@@ -37,6 +37,7 @@ __all__ = [
     "build_classifier",
     "load_backbone_weights",
     "backbone_parameter_names",
+    "normalization_stats",
 ]
 
 logger = logging.getLogger(__name__)
@@ -295,6 +296,35 @@ def backbone_parameter_names(model: nn.Module) -> list[str]:
 
 # --------------------------------------------------------------------------------------------------------------------
 # backbone string and `pretrained` parsing
+
+
+def normalization_stats(backbone: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation the backbone's pretrained weights expect.
+
+    open_clip models use the statistics of their default pretrained configuration (OpenAI CLIP's for
+    ``ViT-B-16``); timm models use their default pretrained configuration (ImageNet's for DINOv2).
+
+    Args:
+        backbone: ``"open_clip:<model>"`` or ``"timm:<model>"``.
+
+    Returns:
+        ``(mean, std)`` for RGB images scaled to [0, 1].
+    """
+    library, name = _parse_backbone(backbone)
+    if library == OPEN_CLIP_PREFIX:
+        import open_clip
+
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        cfg = open_clip.get_pretrained_cfg(name, tags[0]) if tags else {}
+        mean = cfg.get("mean") or open_clip.constants.OPENAI_DATASET_MEAN
+        std = cfg.get("std") or open_clip.constants.OPENAI_DATASET_STD
+        return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    mean = getattr(cfg, "mean", None) or (0.485, 0.456, 0.406)
+    std = getattr(cfg, "std", None) or (0.229, 0.224, 0.225)
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
 def _parse_backbone(backbone: str) -> tuple[str, str]:

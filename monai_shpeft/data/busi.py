@@ -11,7 +11,9 @@ import os
 import re
 from pathlib import Path
 
-__all__ = ["BUSI_CLASSES", "busi_datalist"]
+from monai_shpeft.data.layout import DatasetLayout, register_layout
+
+__all__ = ["BUSI_CLASSES", "BUSI_LAYOUT", "busi_datalist"]
 
 #: class names in label order
 BUSI_CLASSES: tuple[str, ...] = ("benign", "malignant", "normal")
@@ -56,3 +58,17 @@ def busi_datalist(dataset_dir: str | os.PathLike, classes: tuple[str, ...] = BUS
             raise ValueError(f"BUSI class folder {folder} holds no image (masks are skipped).")
         items.extend({"image": str(p), "label": label} for p in images)
     return items
+
+
+BUSI_LAYOUT = register_layout(
+    DatasetLayout(
+        name="busi",
+        classes=BUSI_CLASSES,
+        modality="ultrasound",
+        list_items=busi_datalist,
+        citation=(
+            "Al-Dhabyani W., Gomaa M., Khaled H., Fahmy A. Dataset of breast ultrasound images. "
+            "Data in Brief 28 (2020) 104863."
+        ),
+    )
+)

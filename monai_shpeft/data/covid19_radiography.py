@@ -1,0 +1,90 @@
+"""COVID-19 Radiography Database (Chowdhury et al. 2020; Rahman et al. 2021): class folders -> labelled datalist.
+
+The Kaggle release (tawsifurrahman/covid19-radiography-database) holds, under ``COVID-19_Radiography_Dataset/``,
+one folder per class with the chest X-rays in ``images/`` and lung segmentation masks of the same names in
+``masks/`` (plus ``<class>.metadata.xlsx`` files and a README)::
+
+    COVID/images/COVID-1.png ...                      (3,616 images)
+    Normal/images/Normal-1.png ...                    (10,192)
+    Lung_Opacity/images/Lung_Opacity-1.png ...        (6,012)
+    Viral Pneumonia/images/Viral Pneumonia-1.png ...  (1,345)
+
+The masks are not listed (a class folder without ``images/`` is read directly, skipping ``masks/``). There is no
+official split: the lister returns a flat list for the seeded stratified split.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from monai_shpeft.data.layout import DatasetLayout, register_layout
+
+__all__ = ["COVID19_RADIOGRAPHY_CLASSES", "COVID19_RADIOGRAPHY_LAYOUT", "covid19_radiography_datalist"]
+
+#: class folder names in label order
+COVID19_RADIOGRAPHY_CLASSES: tuple[str, ...] = ("COVID", "Normal", "Lung_Opacity", "Viral Pneumonia")
+_RELEASE_FOLDER = "COVID-19_Radiography_Dataset"
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+
+
+def covid19_radiography_datalist(dataset_dir: str | os.PathLike) -> list[dict]:
+    """List the COVID-19 Radiography Database images with their labels, skipping the lung masks.
+
+    Args:
+        dataset_dir: the ``COVID-19_Radiography_Dataset`` folder holding the class folders, or a folder holding it.
+
+    Returns:
+        ``[{"image": path, "label": index}, ...]`` sorted by class then file name.
+
+    Raises:
+        FileNotFoundError: if ``dataset_dir`` or a class folder is missing.
+        ValueError: if a class folder holds no image, or the folder has a sub-folder that is not a known class.
+    """
+    root = Path(dataset_dir)
+    expected = f"{_RELEASE_FOLDER}/ with class folders {list(COVID19_RADIOGRAPHY_CLASSES)}, each with images/"
+    if not root.is_dir():
+        raise FileNotFoundError(f"COVID-19 Radiography dataset folder not found: {root} (expected {expected}).")
+    if not (root / COVID19_RADIOGRAPHY_CLASSES[0]).is_dir() and (root / _RELEASE_FOLDER).is_dir():
+        root = root / _RELEASE_FOLDER
+    unknown = sorted(
+        p.name
+        for p in root.iterdir()
+        if p.is_dir() and p.name not in COVID19_RADIOGRAPHY_CLASSES and not p.name.startswith(".")
+    )
+    if unknown:
+        raise ValueError(
+            f"{root} has folder(s) {unknown} that are not COVID-19 Radiography classes "
+            f"{list(COVID19_RADIOGRAPHY_CLASSES)}."
+        )
+    items: list[dict] = []
+    for label, name in enumerate(COVID19_RADIOGRAPHY_CLASSES):
+        folder = root / name
+        if not folder.is_dir():
+            raise FileNotFoundError(f"COVID-19 Radiography class folder missing: {folder} (expected {expected}).")
+        image_dir = folder / "images" if (folder / "images").is_dir() else folder
+        images = sorted(
+            p
+            for p in image_dir.iterdir()
+            if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES and not p.name.startswith(".")
+        )
+        if not images:
+            raise ValueError(f"COVID-19 Radiography class folder {image_dir} holds no image.")
+        items.extend({"image": str(p), "label": label} for p in images)
+    return items
+
+
+COVID19_RADIOGRAPHY_LAYOUT = register_layout(
+    DatasetLayout(
+        name="covid19_radiography",
+        classes=COVID19_RADIOGRAPHY_CLASSES,
+        modality="xray",
+        list_items=covid19_radiography_datalist,
+        citation=(
+            "Chowdhury M.E.H., Rahman T., Khandakar A., et al. Can AI help in screening viral and COVID-19 "
+            "pneumonia? IEEE Access 8 (2020) 132665-132676. Rahman T., Khandakar A., Qiblawey Y., et al. Exploring "
+            "the effect of image enhancement techniques on COVID-19 detection using chest X-ray images. Computers in "
+            "Biology and Medicine 132 (2021) 104319."
+        ),
+    )
+)

@@ -1,0 +1,88 @@
+"""COVID CXR Image Dataset (Research) (Siddhartha M., Kaggle 2021), the chest X-ray set of FPT: folders -> datalist.
+
+The FPT paper (Huang et al., MICCAI 2024) evaluates on "COVID [22]", kaggle.com/datasets/sid321axn/
+covid-cxr-image-dataset-research (its repository's config has 3 classes). That release holds 1,823 posteroanterior
+chest X-rays of mixed formats (JPEG, PNG, JFIF, ...) in three class folders under ``COVID_IEEE/``::
+
+    COVID_IEEE/covid/    (536 images)
+    COVID_IEEE/normal/   (668 images)
+    COVID_IEEE/virus/    (619 images, viral pneumonia)
+
+There is no official split: the lister returns a flat list for the seeded stratified split (FPT uses 70/10/20).
+The COVID-19 Radiography Database is a different, larger dataset, registered as ``covid19_radiography``
+(:mod:`monai_shpeft.data.covid19_radiography`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from monai_shpeft.data.layout import DatasetLayout, register_layout
+
+__all__ = ["COVID_CXR_CLASSES", "COVID_CXR_LAYOUT", "covid_cxr_datalist"]
+
+logger = logging.getLogger(__name__)
+
+#: class folder names in label order
+COVID_CXR_CLASSES: tuple[str, ...] = ("covid", "normal", "virus")
+_RELEASE_FOLDER = "COVID_IEEE"
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".jfif", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def covid_cxr_datalist(dataset_dir: str | os.PathLike) -> list[dict]:
+    """List the COVID CXR (Research) images with their labels.
+
+    Args:
+        dataset_dir: the ``COVID_IEEE`` folder holding ``covid/``, ``normal/`` and ``virus/``, or a folder holding
+            it.
+
+    Returns:
+        ``[{"image": path, "label": index}, ...]`` sorted by class then file name; files that are not images are
+        skipped (their number is logged).
+
+    Raises:
+        FileNotFoundError: if ``dataset_dir`` or a class folder is missing.
+        ValueError: if a class folder holds no image, or the folder has a sub-folder that is not a known class.
+    """
+    root = Path(dataset_dir)
+    expected = f"{_RELEASE_FOLDER}/ with class folders {list(COVID_CXR_CLASSES)}"
+    if not root.is_dir():
+        raise FileNotFoundError(f"COVID CXR dataset folder not found: {root} (expected {expected}).")
+    if not (root / COVID_CXR_CLASSES[0]).is_dir() and (root / _RELEASE_FOLDER).is_dir():
+        root = root / _RELEASE_FOLDER
+    unknown = sorted(
+        p.name for p in root.iterdir() if p.is_dir() and p.name not in COVID_CXR_CLASSES and not p.name.startswith(".")
+    )
+    if unknown:
+        raise ValueError(f"{root} has folder(s) {unknown} that are not COVID CXR classes {list(COVID_CXR_CLASSES)}.")
+    items: list[dict] = []
+    skipped = 0
+    for label, name in enumerate(COVID_CXR_CLASSES):
+        folder = root / name
+        if not folder.is_dir():
+            raise FileNotFoundError(f"COVID CXR class folder missing: {folder} (expected {expected}).")
+        files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+        images = [p for p in files if p.suffix.lower() in _IMAGE_SUFFIXES]
+        skipped += len(files) - len(images)
+        if not images:
+            raise ValueError(f"COVID CXR class folder {folder} holds no image.")
+        items.extend({"image": str(p), "label": label} for p in images)
+    if skipped:
+        logger.info("COVID CXR: skipped %d file(s) that are not images under %s.", skipped, root)
+    return items
+
+
+COVID_CXR_LAYOUT = register_layout(
+    DatasetLayout(
+        name="covid_cxr",
+        classes=COVID_CXR_CLASSES,
+        modality="xray",
+        list_items=covid_cxr_datalist,
+        citation=(
+            "Siddhartha M. COVID CXR Image Dataset (Research). Kaggle (2021), "
+            "https://www.kaggle.com/datasets/sid321axn/covid-cxr-image-dataset-research."
+        ),
+    )
+)

@@ -1,0 +1,103 @@
+"""Ignite handler that writes one prediction per input image (class and probabilities) to a CSV file."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from monai.utils import min_version, optional_import
+
+from monai_shpeft.utils import atomic_path
+
+Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+else:
+    Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
+
+__all__ = ["PredictionWriter"]
+
+
+class PredictionWriter:
+    """Collect the evaluator's predictions and write ``image, predicted_class, p_<class>...`` rows.
+
+    The evaluator must run with ``decollate=False`` so that ``engine.state.output["pred"]`` holds the batch's
+    logits ``[B, C]``. Image names come from the batch's ``image_key`` entry (keep the path with
+    ``CopyItemsd`` before loading) or, failing that, from the image's MONAI metadata. The file is written
+    atomically when the run completes.
+
+    Args:
+        output_file: the CSV file to write.
+        classes: class names in label order (column names and predicted class names).
+        image_key: batch key holding the image paths.
+    """
+
+    def __init__(self, output_file: str | os.PathLike, classes: Sequence[str], image_key: str = "image_path") -> None:
+        self.output_file = Path(output_file)
+        self.classes = list(classes)
+        self.image_key = image_key
+        self.rows: list[list[Any]] = []
+        self.logger = logging.getLogger(__name__)
+
+    def attach(self, engine: Engine) -> None:
+        """Register with ``engine``.
+
+        Args:
+            engine: an evaluator.
+        """
+        engine.add_event_handler(Events.STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+        engine.add_event_handler(Events.COMPLETED, self.write)
+
+    def _reset(self, engine: Engine) -> None:
+        self.rows = []
+
+    def __call__(self, engine: Engine) -> None:
+        """Add the rows of the current batch.
+
+        Args:
+            engine: the evaluator.
+        """
+        logits = torch.as_tensor(engine.state.output["pred"]).detach().float()
+        if logits.ndim != 2 or logits.shape[1] != len(self.classes):
+            raise ValueError(
+                f"PredictionWriter expects logits [B, {len(self.classes)}] (evaluator with decollate=False), got "
+                f"{tuple(logits.shape)}."
+            )
+        probabilities = torch.softmax(logits, dim=1).cpu()
+        names = self._image_names(engine, probabilities.shape[0])
+        for name, row in zip(names, probabilities.tolist()):
+            best = max(range(len(row)), key=row.__getitem__)
+            self.rows.append([name, self.classes[best], *[f"{p:.6f}" for p in row]])
+
+    def _image_names(self, engine: Engine, count: int) -> list[str]:
+        batch = getattr(engine.state, "batch", None)
+        if isinstance(batch, dict) and self.image_key in batch:
+            return [str(name) for name in batch[self.image_key]]
+        image = engine.state.output.get("image")
+        meta = getattr(image, "meta", {}) or {}
+        if "filename_or_obj" in meta:
+            return [str(name) for name in meta["filename_or_obj"]]
+        start = len(self.rows)
+        return [f"image_{start + i}" for i in range(count)]
+
+    def write(self, engine: Engine | None = None) -> Path:
+        """Write the collected rows.
+
+        Args:
+            engine: unused; lets the method be an event handler.
+
+        Returns:
+            the CSV path.
+        """
+        with atomic_path(self.output_file) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["image", "predicted_class", *[f"p_{name}" for name in self.classes]])
+            writer.writerows(self.rows)
+        self.logger.info("Wrote %d predictions to %s.", len(self.rows), self.output_file)
+        return self.output_file

@@ -1,0 +1,136 @@
+"""Ignite handler that records the sparse trainable set in a bundle's metadata and shows it in TensorBoard."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from monai.utils import min_version, optional_import
+
+from monai_shpeft.handlers.gradient_mask_handler import STATE_KEY
+from monai_shpeft.sparse_set import SparseTrainableSet
+from monai_shpeft.utils import atomic_write_json, sha256_of_file
+
+Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+else:
+    Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
+
+__all__ = ["RECORD_KEY", "SparseSetRecordHandler"]
+
+#: key of the record in ``metadata.json``
+RECORD_KEY = "sparse_trainable_set"
+
+
+class SparseSetRecordHandler:
+    """Write the sparse trainable set's record into ``metadata.json`` and draw where its weights sit.
+
+    The record holds the strategy, lambda, budget, selected count, ratio, counts per block, and the set's file
+    name and SHA-256, so a bundle's metadata says exactly which weights its model trains. The metadata file is
+    rewritten atomically (a run killed at any moment leaves the old or the new file). With ``tensorboard_dir``
+    a heatmap of the trainable ratio per block and layer type is logged as an image.
+
+    Runs once, as soon as the set is on ``engine.state`` (after :class:`ImportanceEstimationHandler`), on the
+    main process only when training is distributed.
+
+    Args:
+        metadata_file: the bundle's ``configs/metadata.json``.
+        set_file: the saved set (its name and hash go into the record); ``None`` records no file.
+        tensorboard_dir: where to log the heatmap; ``None`` skips it.
+        summary_writer: an existing ``SummaryWriter`` to log with instead of ``tensorboard_dir``.
+    """
+
+    def __init__(
+        self,
+        metadata_file: str | os.PathLike,
+        set_file: str | os.PathLike | None = None,
+        tensorboard_dir: str | os.PathLike | None = None,
+        summary_writer: Any | None = None,
+    ) -> None:
+        self.metadata_file = Path(metadata_file)
+        self.set_file = Path(set_file) if set_file else None
+        self.tensorboard_dir = tensorboard_dir
+        self.summary_writer = summary_writer
+        self.logger = logging.getLogger(__name__)
+        self.record: dict[str, Any] | None = None
+
+    def attach(self, engine: Engine) -> None:
+        """Register with ``engine``: on start if the set is ready, otherwise before the first iteration.
+
+        Args:
+            engine: the trainer.
+        """
+        engine.add_event_handler(Events.STARTED, self)
+        engine.add_event_handler(Events.ITERATION_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        """Record the set once it is available.
+
+        Args:
+            engine: the trainer.
+        """
+        trainable_set = getattr(engine.state, STATE_KEY, None)
+        if trainable_set is None or self.record is not None:
+            return
+        if _is_main_process():
+            self.record = self.write_record(trainable_set)
+            self.log_heatmap(trainable_set, engine.state.iteration)
+        else:
+            self.record = {}
+
+    def write_record(self, trainable_set: SparseTrainableSet) -> dict[str, Any]:
+        """Add the record to the metadata file (atomically) and return it.
+
+        Args:
+            trainable_set: the set to record.
+
+        Returns:
+            the record written.
+
+        Raises:
+            FileNotFoundError: if the metadata file does not exist.
+            ValueError: if it is not valid JSON.
+        """
+        record = trainable_set.to_record()
+        if self.set_file is not None and self.set_file.is_file():
+            record["file"] = self.set_file.name
+            record["sha256"] = sha256_of_file(self.set_file)
+        try:
+            metadata = json.loads(self.metadata_file.read_text(encoding="utf-8"))
+        except FileNotFoundError as error:
+            raise FileNotFoundError(f"bundle metadata not found: {self.metadata_file}") from error
+        except json.JSONDecodeError as error:
+            raise ValueError(f"bundle metadata {self.metadata_file} is not valid JSON: {error}") from error
+        metadata[RECORD_KEY] = record
+        atomic_write_json(self.metadata_file, metadata)
+        self.logger.info("Recorded the sparse trainable set in %s.", self.metadata_file)
+        return record
+
+    def log_heatmap(self, trainable_set: SparseTrainableSet, step: int) -> None:
+        """Log the trainable-ratio heatmap to TensorBoard, if a writer or directory was given."""
+        writer = self.summary_writer
+        if writer is None and self.tensorboard_dir is None:
+            return
+        from monai_shpeft.plots import trainable_heatmap_figure
+
+        owns_writer = writer is None
+        if owns_writer:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(log_dir=str(self.tensorboard_dir))
+        writer.add_figure(
+            "sparse_trainable_set/ratio_per_block_and_layer", trainable_heatmap_figure(trainable_set), global_step=step
+        )
+        writer.flush()
+        if owns_writer:
+            writer.close()
+
+
+def _is_main_process() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
