@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from monai_shpeft.distributed import synchronize_sum
+
 __all__ = [
     "ImportanceMode",
     "ImportanceStrategy",
@@ -266,17 +268,20 @@ def _accumulate_gradients(
         with contextlib.suppress(TypeError):
             total = len(data_loader)  # type: ignore[arg-type]
     use_autocast = amp and device.type == "cuda"
+    # DDP's reducer waits for .backward(); autograd.grad on the bare module bypasses it, and the ranks are
+    # combined explicitly below instead
+    module = unwrap(network)
     start = time.perf_counter()
     seen = 0
     with _preserved_state(network, params):
-        network.train()
+        module.train()
         for batch in _progress(_batches(data_loader, num_iterations), total, progress):
             prepared = prepare(batch, device, False)
             inputs, targets = prepared[0], prepared[1]
             # MONAI's PrepareBatchExtraInput returns (inputs, targets, args, kwargs) for networks with extra inputs
             args, kwargs = (prepared[2], prepared[3]) if len(prepared) == 4 else ((), {})
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_autocast):
-                loss = loss_function(network(inputs, *args, **kwargs), targets).mean()
+                loss = loss_function(module(inputs, *args, **kwargs), targets).mean()
             grads = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
             _check_finite(names, grads, seen)
             for name, grad in zip(names, grads):
@@ -289,6 +294,8 @@ def _accumulate_gradients(
             seen += 1
     if seen == 0:
         raise ValueError("importance estimation got no mini-batch: the data loader is empty.")
+    # in a distributed run each rank saw its own shard: sum the terms so every rank ranks the same epoch
+    synchronize_sum(list(accumulators.values()))
     if strategy is ImportanceStrategy.L1:
         for acc in accumulators.values():
             acc.abs_()

@@ -9,6 +9,7 @@ how it was made (backbone, strategy, lambda, budget).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -301,6 +302,14 @@ class SparseTrainableSet:
                 f"The sparse trainable set{origin} was made for {made_for}: the model's parameter '{extra[0]}' "
                 f"is not covered by it ({len(extra)} such parameters). Re-run importance estimation for this model."
             )
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the names, shapes and indices: equal fingerprints mean the same trainable entries."""
+        digest = hashlib.sha256()
+        for name, shape in self.shapes.items():
+            digest.update(f"{name}{list(shape)}".encode())
+            digest.update(self.indices[name].numpy().tobytes())
+        return digest.hexdigest()
 
     # ------------------------------------------------------------------ reporting
     def to_record(self) -> dict[str, Any]:

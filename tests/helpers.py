@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -54,3 +55,62 @@ def make_trainer(
         loss_function=torch.nn.CrossEntropyLoss(),
         train_handlers=list(handlers),
     )
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_png(path: Path, size: int = 40, value: int = 128, mode: str = "RGB") -> Path:
+    """A real PNG with a little structure (so that classes can differ), written with PIL."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(value)
+    pixels = np.clip(rng.normal(value, 30, (size, size, 3)), 0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (image.convert("L") if mode == "L" else image).save(path)
+    return path
+
+
+def write_busi_folder(root: Path, per_class: int = 6, size: int = 40) -> Path:
+    """A BUSI-layout folder (benign / malignant / normal, with the release's *_mask.png files)."""
+    for label, name in enumerate(("benign", "malignant", "normal")):
+        for index in range(1, per_class + 1):
+            mode = "L" if index == 1 else "RGB"  # the release mixes grey and RGB PNGs
+            write_png(root / name / f"{name} ({index}).png", size, 60 + 60 * label + index, mode)
+            write_png(root / name / f"{name} ({index})_mask.png", size, 255, "L")
+    return root
+
+
+def copy_bundles(destination: Path, names: Sequence[str] = ("busi",)) -> Path:
+    """Copy the shared base configs and the named bundles, so runs write their metadata into the copy."""
+    import shutil
+
+    for name in ("_base", "_schema", *names):
+        shutil.copytree(
+            REPO_ROOT / "bundles" / name,
+            destination / "bundles" / name,
+            ignore=shutil.ignore_patterns("runs", "*.pt", "*.ts", "*.safetensors"),
+        )
+    return destination
+
+
+def run_command(args: Sequence[str], cwd: Path, timeout: int = 600) -> str:
+    """Run a real subprocess; fail the test with the end of its output when it exits non-zero."""
+    import os
+    import subprocess
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    done = subprocess.run(list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    output = done.stdout + done.stderr
+    if done.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} exited {done.returncode}:\n{output[-4000:]}")
+    return output
+
+
+# knobs that make a bundle run tiny: a 2-layer backbone of the real family, random weights, 28 px, CPU
+TINY_BUNDLE_ARGS = (
+    "--backbone timm:vit_small_patch14_dinov2 --tiny_backbone True --pretrained $None --image_size 28 "
+    "--batch_size 4 --num_workers 0 --device cpu"
+).split()

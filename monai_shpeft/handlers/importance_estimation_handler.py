@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from monai.utils import min_version, optional_import
 
+from monai_shpeft.distributed import is_main_process
 from monai_shpeft.handlers.gradient_mask_handler import STATE_KEY
 from monai_shpeft.importance import ImportanceMode, ImportanceStrategy, estimate_importance, scoped_parameters, unwrap
 from monai_shpeft.sparse_set import SparseTrainableSet
@@ -102,10 +103,14 @@ class ImportanceEstimationHandler:
             self.logger.info("Loaded sparse trainable set from %s (%d weights).", existing, trainable_set.num_selected)
         else:
             trainable_set = self.estimate(engine)
-            if self.save_path is not None:
+            if self.save_path is not None and is_main_process():
                 trainable_set.save(self.save_path)
                 self.logger.info("Saved sparse trainable set to %s.", self.save_path)
         self.trainable_set = trainable_set
+        # logged on every rank of a distributed run: equal fingerprints prove every rank trains the same entries
+        self.logger.info(
+            "Sparse trainable set fingerprint %s (%d weights).", trainable_set.fingerprint(), trainable_set.num_selected
+        )
         setattr(engine.state, STATE_KEY, trainable_set)
 
     def estimate(self, engine: Engine) -> SparseTrainableSet:

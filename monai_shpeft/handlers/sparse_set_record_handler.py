@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from monai.utils import min_version, optional_import
 
+from monai_shpeft.distributed import is_main_process
 from monai_shpeft.handlers.gradient_mask_handler import STATE_KEY
 from monai_shpeft.sparse_set import SparseTrainableSet
 from monai_shpeft.utils import atomic_write_json, sha256_of_file
@@ -76,7 +77,7 @@ class SparseSetRecordHandler:
         trainable_set = getattr(engine.state, STATE_KEY, None)
         if trainable_set is None or self.record is not None:
             return
-        if _is_main_process():
+        if is_main_process():
             self.record = self.write_record(trainable_set)
             self.log_heatmap(trainable_set, engine.state.iteration)
         else:
@@ -128,9 +129,3 @@ class SparseSetRecordHandler:
         writer.flush()
         if owns_writer:
             writer.close()
-
-
-def _is_main_process() -> bool:
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0

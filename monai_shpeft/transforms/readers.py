@@ -1,0 +1,301 @@
+"""MONAI image readers set up for 2-D diagnosis images, filling the gaps of the stock ones.
+
+MONAI's readers are reused as they are for decoding; the subclasses here only change what a ViT pipeline needs:
+
+* every reader returns arrays in (row, column) order, the order in which PIL, pydicom and image viewers show an
+  image (MONAI's ``PILReader`` and ``PydicomReader`` transpose to (column, row) by default, which would show a
+  pretrained ViT every image mirrored along its diagonal);
+* colour DICOM (RGB, YBR, PALETTE COLOR) gets a channel axis: MONAI's ``PydicomReader`` marks a 2-D RGB image as a
+  3-D image without channel, and leaves palette indices unexpanded;
+* PIL modes that downstream transforms cannot use (palette ``P``, ``CMYK``, ``1``, ``LA``, big-endian ``I;16B``)
+  are converted when the file is opened, and the EXIF orientation of camera JPEGs is honoured;
+* each reader records :class:`~monai_shpeft.transforms.SourceMetaKeys` entries (stored dtype, photometric
+  interpretation, rescale, window, frames) in the metadata.
+
+What ``PydicomReader`` already does and is not done again: it applies ``RescaleSlope``/``RescaleIntercept`` (as
+float32) whenever either tag is present; ``rescale_applied`` in the metadata records it. pydicom (>= 3) itself
+converts YBR colour spaces to RGB when it decodes. Neither inverts ``MONOCHROME1`` nor applies a VOI window: see
+:class:`~monai_shpeft.transforms.InvertMonochrome1` and :class:`~monai_shpeft.transforms.DicomWindow`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from monai.data import NibabelReader, PILReader, PydicomReader
+from monai.utils import MetaKeys, optional_import
+from monai.utils.type_conversion import is_no_channel
+
+from monai_shpeft.transforms.meta import SourceMetaKeys
+
+Image, _ = optional_import("PIL.Image")
+ImageOps, _ = optional_import("PIL.ImageOps")
+_apply_color_lut, _has_color_lut = optional_import("pydicom.pixels", name="apply_color_lut")
+if not _has_color_lut:  # pydicom < 3
+    _apply_color_lut, _has_color_lut = optional_import("pydicom.pixel_data_handlers.util", name="apply_color_lut")
+
+__all__ = [
+    "NiftiImageReader",
+    "PILImageReader",
+    "PydicomImageReader",
+    "dicom_source_meta",
+    "to_supported_mode",
+]
+
+_PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_KEPT_MODES = ("L", "RGB", "RGBA", "I;16", "I", "F")
+_EXIF_ORIENTATION = 0x0112
+
+
+def to_supported_mode(image: Any) -> Any:
+    """Convert a freshly opened PIL image to a mode whose array the transforms can use.
+
+    ``L``, ``RGB``, ``RGBA``, ``I;16``, ``I`` and ``F`` are kept (16-bit stays 16-bit); ``I;16B``/``I;16L``/``I;16N``
+    become native ``I;16``; ``1`` and ``LA`` become ``L``; palette (``P``), ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``
+    and the other colour modes become ``RGB`` (``RGBA`` for a palette with transparency). The EXIF orientation (phone and camera JPEGs) is applied
+    first. The file's own mode is kept in ``image.info["source_mode"]``. This decodes the pixels, so a truncated
+    file fails here.
+
+    Args:
+        image: a PIL image, as returned by ``PIL.Image.open``.
+
+    Returns:
+        a PIL image in one of the kept modes.
+    """
+    source_mode = image.mode
+    image.load()
+    if image.getexif().get(_EXIF_ORIENTATION, 1) not in (0, 1):
+        image = ImageOps.exif_transpose(image)
+    mode = image.mode
+    if mode in _KEPT_MODES:
+        converted = image
+    elif mode.startswith("I;16"):
+        converted = Image.fromarray(np.asarray(image).astype(np.uint16))
+    elif mode in ("1", "LA", "La"):
+        converted = image.convert("L")
+    elif mode == "PA" or (mode == "P" and "transparency" in image.info):
+        converted = image.convert("RGBA")  # alpha is dropped later by ToRGB
+    else:
+        converted = image.convert("RGB")
+    converted.info["source_mode"] = source_mode
+    return converted
+
+
+class PILImageReader(PILReader):
+    """MONAI's ``PILReader`` in (row, column) order, converting unusable modes with :func:`to_supported_mode`.
+
+    Args:
+        converter: function applied to each opened PIL image; defaults to :func:`to_supported_mode`.
+        reverse_indexing: ``False`` (default) keeps PIL's (row, column) order; ``True`` is MONAI's transposed order.
+        kwargs: passed to ``PIL.Image.open``.
+    """
+
+    def __init__(
+        self, converter: Callable | None = to_supported_mode, reverse_indexing: bool = False, **kwargs: Any
+    ) -> None:
+        super().__init__(converter=converter, reverse_indexing=reverse_indexing, **kwargs)
+
+    def get_data(self, img: Any) -> tuple[np.ndarray, dict]:
+        """Return the pixel array and metadata, with the :class:`SourceMetaKeys` entries added.
+
+        Args:
+            img: a PIL image or a list of them (stacked as channels, as in ``PILReader``).
+
+        Returns:
+            ``(array, meta)``; the array is ``[rows, columns(, samples)]`` unless ``reverse_indexing``.
+        """
+        array, meta = super().get_data(img)
+        first = img[0] if isinstance(img, Sequence) else img
+        channels = 1 if array.ndim == 2 else array.shape[-1]
+        meta[SourceMetaKeys.SOURCE_DTYPE] = array.dtype.name
+        meta[SourceMetaKeys.PHOTOMETRIC_INTERPRETATION] = {1: "MONOCHROME2", 3: "RGB", 4: "RGBA"}.get(channels, "")
+        meta[SourceMetaKeys.STORED_PHOTOMETRIC_INTERPRETATION] = str(first.info.get("source_mode", first.mode))
+        if not self.reverse_indexing:
+            meta[MetaKeys.SPATIAL_SHAPE] = np.asarray((first.height, first.width))
+        return array, meta
+
+
+def _first_float(value: Any) -> float:
+    """The first number of a (possibly multi-valued) DICOM element, NaN when absent or not a finite number."""
+    if value is None:
+        return math.nan
+    if not isinstance(value, str | bytes) and isinstance(value, Sequence):
+        if len(value) == 0:
+            return math.nan
+        value = value[0]
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return number if math.isfinite(number) else math.nan
+
+
+def _stored_dtype(ds: Any, photometric: str) -> str:
+    if "FloatPixelData" in ds:
+        return "float32"
+    if "DoubleFloatPixelData" in ds:
+        return "float64"
+    if photometric == "PALETTE COLOR":
+        descriptor = ds.get("RedPaletteColorLookupTableDescriptor")
+        bits = int(descriptor[2]) if descriptor is not None and len(descriptor) > 2 else 8
+        return "uint8" if bits <= 8 else "uint16"
+    bits = int(ds.get("BitsAllocated", 16) or 16)
+    width = 8 if bits <= 8 else 16 if bits <= 16 else 32 if bits <= 32 else 64
+    return f"{'int' if int(ds.get('PixelRepresentation', 0) or 0) == 1 else 'uint'}{width}"
+
+
+def dicom_source_meta(ds: Any) -> dict[str, Any]:
+    """The :class:`SourceMetaKeys` entries of a pydicom dataset, as :class:`PydicomImageReader` sets them.
+
+    The photometric interpretation is that of the array the reader returns: ``YBR_*`` and ``PALETTE COLOR`` are
+    ``RGB`` there (pydicom converts YBR when it decodes, the reader expands palettes); the file's own value is kept
+    under ``StoredPhotometricInterpretation``. ``rescale_applied`` mirrors the condition under which MONAI's
+    ``PydicomReader`` applies slope and intercept (either tag present).
+
+    Args:
+        ds: a ``pydicom.Dataset`` (pixel data not needed).
+
+    Returns:
+        the metadata entries.
+    """
+    stored = str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2").strip().upper()
+    shown = "RGB" if stored.startswith("YBR") or stored == "PALETTE COLOR" else stored
+    slope = _first_float(ds.get("RescaleSlope"))
+    intercept = _first_float(ds.get("RescaleIntercept"))
+    try:
+        frames = max(int(ds.get("NumberOfFrames", 1) or 1), 1)
+    except (TypeError, ValueError):
+        frames = 1
+    return {
+        SourceMetaKeys.SOURCE_FORMAT: "dicom",
+        SourceMetaKeys.SOURCE_DTYPE: _stored_dtype(ds, stored),
+        SourceMetaKeys.PHOTOMETRIC_INTERPRETATION: shown,
+        SourceMetaKeys.STORED_PHOTOMETRIC_INTERPRETATION: stored,
+        SourceMetaKeys.RESCALE_SLOPE: 1.0 if math.isnan(slope) else slope,
+        SourceMetaKeys.RESCALE_INTERCEPT: 0.0 if math.isnan(intercept) else intercept,
+        SourceMetaKeys.RESCALE_APPLIED: hasattr(ds, "RescaleSlope") or hasattr(ds, "RescaleIntercept"),
+        SourceMetaKeys.WINDOW_CENTER: _first_float(ds.get("WindowCenter")),
+        SourceMetaKeys.WINDOW_WIDTH: _first_float(ds.get("WindowWidth")),
+        SourceMetaKeys.VOI_LUT_FUNCTION: str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper(),
+        SourceMetaKeys.NUMBER_OF_FRAMES: frames,
+        SourceMetaKeys.FRAME_AXIS: 0,
+        SourceMetaKeys.MODALITY: str(ds.get("Modality", "") or ""),
+    }
+
+
+def _is_colour(ds: Any) -> bool:
+    photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
+    return int(ds.get("SamplesPerPixel", 1) or 1) > 1 or photometric == "PALETTE COLOR"
+
+
+class PydicomImageReader(PydicomReader):
+    """MONAI's ``PydicomReader`` for 2-D (and multi-frame) diagnosis images.
+
+    Decoding and the modality rescale are ``PydicomReader``'s own (slope and intercept are applied once, there).
+    On top of it: arrays stay in (frame,) row, column order (``swap_ij=False``); colour samples become the channel
+    axis (``original_channel_dim=-1``) so that ``EnsureChannelFirst`` gives ``[3, rows, columns]``; a
+    ``PALETTE COLOR`` image is expanded to RGB through its lookup table; a file without pixel data fails with a
+    message saying so; the metadata gets :func:`dicom_source_meta`.
+
+    Args:
+        channel_dim: ``None`` (default) decides per file (-1 for colour, none for grey); else as ``PydicomReader``.
+        swap_ij: ``False`` (default) keeps (row, column) order; ``True`` is MONAI's transposed order.
+        kwargs: passed to ``PydicomReader`` (``prune_metadata``, ``pydicom.dcmread`` arguments such as ``force``).
+    """
+
+    def __init__(self, channel_dim: str | int | None = None, swap_ij: bool = False, **kwargs: Any) -> None:
+        super().__init__(channel_dim=channel_dim, swap_ij=swap_ij, **kwargs)
+        self._fixed_channel_dim = self.channel_dim
+
+    def read(self, data: Any, **kwargs: Any) -> Any:
+        """Read the dataset(s) like ``PydicomReader.read`` and choose the channel axis from their samples.
+
+        Args:
+            data: a file name (or a list of them).
+            kwargs: passed to ``pydicom.dcmread``.
+
+        Returns:
+            a pydicom dataset, or a list of them.
+        """
+        img = super().read(data, **kwargs)
+        if self._fixed_channel_dim is None:
+            items = img if isinstance(img, list) else [img]
+            datasets = [ds for item in items for ds in (item if isinstance(item, list) else [item])]
+            self.channel_dim = -1 if any(_is_colour(ds) for ds in datasets) else None
+        return img
+
+    def get_data(self, data: Any) -> tuple[np.ndarray, dict]:
+        """Return the pixel array and metadata, with the spatial shape not counting colour samples.
+
+        Args:
+            data: what :meth:`read` returned.
+
+        Returns:
+            ``(array, meta)``: ``[(frames,) rows, columns(, samples)]`` with ``swap_ij=False``.
+        """
+        array, meta = super().get_data(data)
+        if not is_no_channel(meta.get(MetaKeys.ORIGINAL_CHANNEL_DIM)):
+            channel = int(meta[MetaKeys.ORIGINAL_CHANNEL_DIM]) % array.ndim
+            meta[MetaKeys.SPATIAL_SHAPE] = np.asarray([s for i, s in enumerate(array.shape) if i != channel])
+        return array, meta
+
+    def _get_meta_dict(self, img: Any) -> dict:
+        meta = super()._get_meta_dict(img)
+        meta.update(dicom_source_meta(img))
+        return meta
+
+    def _get_array_data(self, img: Any, filename: Any) -> Any:
+        if not any(keyword in img for keyword in _PIXEL_DATA_KEYWORDS):
+            raise ValueError(
+                "the DICOM file has no pixel data (no PixelData element): it is a header-only object such as a "
+                f"structured report or presentation state (SOP class {img.get('SOPClassUID', 'unknown')})"
+            )
+        data = super()._get_array_data(img, filename)  # pixel_array, then slope/intercept when present
+        if str(img.get("PhotometricInterpretation", "")).strip().upper() == "PALETTE COLOR":
+            if not _has_color_lut:
+                raise ValueError("PALETTE COLOR DICOM needs pydicom's apply_color_lut (pip install 'pydicom>=2')")
+            data = _apply_color_lut(data, img)
+        return data
+
+
+class NiftiImageReader(NibabelReader):
+    """MONAI's ``NibabelReader``, recording the stored dtype, the scaling nibabel applied and the slice axis.
+
+    nibabel applies ``scl_slope``/``scl_inter`` when it reads the data, so ``rescale_applied`` is true whenever
+    they are not (1, 0). Slices of a 3-D volume lie along the last spatial axis (``frame_axis=2``); no
+    reorientation is done, so a slice is ``[dim0, dim1]`` of the file's voxel grid.
+
+    Args:
+        kwargs: passed to ``NibabelReader``.
+    """
+
+    def get_data(self, img: Any) -> tuple[np.ndarray, dict]:
+        """Return the voxel array and metadata, with the :class:`SourceMetaKeys` entries added.
+
+        Args:
+            img: a nibabel image or a list of them.
+
+        Returns:
+            ``(array, meta)`` as ``NibabelReader`` gives them.
+        """
+        array, meta = super().get_data(img)
+        first = img[0] if isinstance(img, list | tuple) else img
+        slope = _first_float(getattr(first.dataobj, "slope", 1.0))
+        intercept = _first_float(getattr(first.dataobj, "inter", 0.0))
+        slope, intercept = (1.0 if math.isnan(slope) else slope), (0.0 if math.isnan(intercept) else intercept)
+        spatial = [int(s) for s in np.asarray(meta.get(MetaKeys.SPATIAL_SHAPE, array.shape[:3])).tolist()]
+        meta.update(
+            {
+                SourceMetaKeys.SOURCE_FORMAT: "nifti",
+                SourceMetaKeys.SOURCE_DTYPE: np.dtype(first.get_data_dtype()).name,
+                SourceMetaKeys.RESCALE_SLOPE: slope,
+                SourceMetaKeys.RESCALE_INTERCEPT: intercept,
+                SourceMetaKeys.RESCALE_APPLIED: (slope, intercept) != (1.0, 0.0),
+                SourceMetaKeys.NUMBER_OF_FRAMES: spatial[2] if len(spatial) >= 3 else 1,
+                SourceMetaKeys.FRAME_AXIS: 2 if len(spatial) >= 3 else 0,
+            }
+        )
+        return array, meta

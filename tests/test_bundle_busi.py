@@ -1,0 +1,245 @@
+"""The BUSI bundle end to end, through real `python -m monai.bundle` subprocesses on a tiny BUSI-layout folder."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from monai_shpeft.sparse_set import SparseTrainableSet
+from monai_shpeft.utils import sha256_of_file
+from tests.helpers import TINY_BUNDLE_ARGS, copy_bundles, run_command, write_busi_folder
+
+BUNDLE = "bundles/busi"
+TRAIN = f"{BUNDLE}/configs/train.json"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Copy the bundle, write a tiny BUSI folder and train for two epochs with the tiny backbone."""
+    work = copy_bundles(tmp_path_factory.mktemp("bundle"))
+    write_busi_folder(work / "busi", per_class=10)
+    run_command(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            TRAIN,
+            "--dataset_dir",
+            "busi",
+            "--max_epochs",
+            "2",
+            "--learning_rate",
+            "0.05",
+            *TINY_BUNDLE_ARGS,
+        ],
+        cwd=work,
+    )
+    return work
+
+
+def test_training_writes_model_set_split_and_metadata_record(trained: Path) -> None:
+    models = trained / BUNDLE / "models"
+    assert (models / "model.pt").is_file()
+    trainable_set = SparseTrainableSet.load(models / "sparse_trainable_set.safetensors")
+    assert trainable_set.num_selected == round(0.01 * trainable_set.num_total)
+    assert trainable_set.header["backbone"] == "timm:vit_small_patch14_dinov2"
+
+    record = json.loads((trained / BUNDLE / "configs" / "metadata.json").read_text())["sparse_trainable_set"]
+    assert record["selected"] == trainable_set.num_selected and record["strategy"] == "l2"
+    assert record["lambda"] == 1.0 and record["budget"] == 0.01
+    assert record["file"] == "sparse_trainable_set.safetensors"
+    assert record["sha256"] == sha256_of_file(models / "sparse_trainable_set.safetensors")
+    assert sum(record["counts_per_block"].values()) == record["selected"]
+
+    split = json.loads((trained / BUNDLE / "runs" / "datalist.json").read_text())
+    parts = {part: {item["image"] for item in split[part]} for part in ("training", "validation", "test")}
+    assert sum(len(p) for p in parts.values()) == 30  # masks skipped
+    assert not parts["training"] & parts["test"] and not parts["validation"] & parts["test"]
+    assert list(trained.joinpath(BUNDLE, "runs").glob("events.out.tfevents.*")), "no TensorBoard log"
+
+
+def test_checkpoint_holds_the_sparse_update(trained: Path) -> None:
+    """Entries outside the saved set equal a fresh build of the same seed: only the set (and the head) trained."""
+    from monai.utils import set_determinism
+
+    from monai_shpeft.backbones import build_classifier
+
+    set_determinism(seed=0)
+    initial = build_classifier("timm:vit_small_patch14_dinov2", num_classes=3, image_size=28, tiny=True)
+    trained_state = torch.load(trained / BUNDLE / "models" / "model.pt", map_location="cpu", weights_only=True)
+    trainable_set = SparseTrainableSet.load(trained / BUNDLE / "models" / "sparse_trainable_set.safetensors")
+    for name, start in initial.state_dict().items():
+        if name in trainable_set.shapes:
+            frozen = ~trainable_set.mask(name)
+            assert torch.equal(trained_state[name][frozen], start[frozen]), name
+
+
+def test_evaluate_reports_f1_accuracy_auc_on_the_test_split(trained: Path) -> None:
+    run_command(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            f"['{TRAIN}','{BUNDLE}/configs/evaluate.json']",
+            "--dataset_dir",
+            "busi",
+            *TINY_BUNDLE_ARGS,
+        ],
+        cwd=trained,
+    )
+    eval_dir = trained / BUNDLE / "runs" / "eval"
+    metrics = {name: float(value) for name, value in csv.reader((eval_dir / "metrics.csv").open())}
+    assert set(metrics) == {"test_f1", "test_accuracy", "test_auc"}
+    assert all(0.0 <= v <= 1.0 for v in metrics.values())
+    rows = list(csv.DictReader((eval_dir / "test_predictions.csv").open()))
+    split = json.loads((trained / BUNDLE / "runs" / "datalist.json").read_text())
+    assert sorted(r["image"] for r in rows) == sorted(i["image"] for i in split["test"])
+
+
+def test_inference_writes_one_prediction_per_image(trained: Path) -> None:
+    run_command(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            f"{BUNDLE}/configs/inference.json",
+            "--input_dir",
+            "busi/normal",
+            *TINY_BUNDLE_ARGS,
+        ],
+        cwd=trained,
+    )
+    rows = list(csv.DictReader((trained / BUNDLE / "runs" / "predictions.csv").open()))
+    assert len(rows) == 10  # masks skipped
+    for row in rows:
+        probabilities = [float(row[f"p_{c}"]) for c in ("benign", "malignant", "normal")]
+        assert abs(sum(probabilities) - 1.0) < 1e-4
+        assert row["predicted_class"] == ("benign", "malignant", "normal")[probabilities.index(max(probabilities))]
+
+
+def test_ckpt_export_and_verify_commands(trained: Path) -> None:
+    bundle = trained / BUNDLE
+    run_command(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "ckpt_export",
+            "network_def",
+            "--filepath",
+            f"{BUNDLE}/models/model.ts",
+            "--ckpt_file",
+            f"{BUNDLE}/models/model.pt",
+            "--meta_file",
+            f"{BUNDLE}/configs/metadata.json",
+            "--config_file",
+            f"{BUNDLE}/configs/inference.json",
+            *TINY_BUNDLE_ARGS[:8],
+        ],
+        cwd=trained,
+    )
+    scripted = torch.jit.load(str(bundle / "models" / "model.ts"))
+    from monai_shpeft.backbones import build_classifier
+
+    network = build_classifier("timm:vit_small_patch14_dinov2", num_classes=3, image_size=28, tiny=True)
+    network.load_state_dict(torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True))
+    network.eval()
+    image = torch.rand(2, 3, 28, 28)
+    torch.testing.assert_close(scripted(image), network(image))
+
+    run_command(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "verify_net_in_out",
+            "network_def",
+            "--meta_file",
+            f"{BUNDLE}/configs/metadata.json",
+            "--config_file",
+            f"{BUNDLE}/configs/inference.json",
+            "--tiny_backbone",
+            "True",
+        ],
+        cwd=trained,
+    )
+    output = run_command(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "verify_metadata",
+            "--meta_file",
+            f"{BUNDLE}/configs/metadata.json",
+            "--filepath",
+            "bundles/_schema/metadata_schema.json",
+        ],
+        cwd=trained,
+    )
+    assert "verified with no error" in output  # the metadata, with the training record, passes offline
+
+
+def test_verify_metadata_rejects_a_broken_record(tmp_path: Path) -> None:
+    work = copy_bundles(tmp_path)
+    path = work / BUNDLE / "configs" / "metadata.json"
+    metadata = json.loads(path.read_text())
+    metadata["sparse_trainable_set"] = {"backbone": "x", "strategy": "l3"}
+    path.write_text(json.dumps(metadata))
+    with pytest.raises(AssertionError, match="Failed validating"):
+        run_command(
+            [
+                sys.executable,
+                "-m",
+                "monai.bundle",
+                "verify_metadata",
+                "--meta_file",
+                f"{BUNDLE}/configs/metadata.json",
+                "--filepath",
+                "bundles/_schema/metadata_schema.json",
+            ],
+            cwd=work,
+        )
+
+
+def test_two_process_gloo_training(tmp_path: Path) -> None:
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    assert torchrun, "torchrun is installed with torch"
+    work = copy_bundles(tmp_path)
+    write_busi_folder(work / "busi", per_class=8)
+    output = run_command(
+        [
+            torchrun,
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29517",
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            f"['{TRAIN}','{BUNDLE}/configs/multi_gpu_train.json']",
+            "--dataset_dir",
+            "busi",
+            "--max_epochs",
+            "1",
+            *TINY_BUNDLE_ARGS,
+        ],
+        cwd=work,
+    )
+    trainable_set = SparseTrainableSet.load(work / BUNDLE / "models" / "sparse_trainable_set.safetensors")
+    assert trainable_set.num_selected == round(0.01 * trainable_set.num_total)
+    # both ranks logged the same selection fingerprint
+    fingerprints = {line.split("fingerprint ")[1].split()[0] for line in output.splitlines() if "fingerprint " in line}
+    assert len(fingerprints) == 1 and output.count("fingerprint ") == 2
