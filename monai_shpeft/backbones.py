@@ -38,6 +38,7 @@ __all__ = [
     "load_backbone_weights",
     "backbone_parameter_names",
     "normalization_stats",
+    "parameter_groups",
 ]
 
 logger = logging.getLogger(__name__)
@@ -296,6 +297,28 @@ def backbone_parameter_names(model: nn.Module) -> list[str]:
 
 # --------------------------------------------------------------------------------------------------------------------
 # backbone string and `pretrained` parsing
+
+
+def parameter_groups(model: nn.Module, head_lr: float | None = None) -> list[dict[str, Any]]:
+    """Optimizer parameter groups: the backbone at the optimizer's learning rate, the head at ``head_lr``.
+
+    The paper's head L2-normalises the features, so its logits are bounded by the norm of its weight; in short
+    schedules that weight must grow faster than the backbone may move, hence a separate, larger learning rate.
+
+    Args:
+        model: a :class:`BackboneClassifier` (DDP / DataParallel wrappers are unwrapped).
+        head_lr: learning rate of the head; ``None`` keeps the optimizer's for every parameter.
+
+    Returns:
+        ``[{"params": backbone, "name": "backbone"}, {"params": head, "lr": head_lr, "name": "head"}]``.
+    """
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    backbone = {"params": list(model.backbone.parameters()), "name": "backbone"}
+    head = {"params": list(model.head.parameters()), "name": "head"}
+    if head_lr is not None:
+        head["lr"] = float(head_lr)
+    return [backbone, head]
 
 
 def normalization_stats(backbone: str) -> tuple[tuple[float, ...], tuple[float, ...]]:

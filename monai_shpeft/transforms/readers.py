@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 from monai.data import NibabelReader, PILReader, PydicomReader
+from monai.data.utils import is_no_channel
 from monai.utils import MetaKeys, optional_import
-from monai.utils.type_conversion import is_no_channel
 
 from monai_shpeft.transforms.meta import SourceMetaKeys
 
@@ -55,9 +55,9 @@ def to_supported_mode(image: Any) -> Any:
 
     ``L``, ``RGB``, ``RGBA``, ``I;16``, ``I`` and ``F`` are kept (16-bit stays 16-bit); ``I;16B``/``I;16L``/``I;16N``
     become native ``I;16``; ``1`` and ``LA`` become ``L``; palette (``P``), ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``
-    and the other colour modes become ``RGB`` (``RGBA`` for a palette with transparency). The EXIF orientation (phone and camera JPEGs) is applied
-    first. The file's own mode is kept in ``image.info["source_mode"]``. This decodes the pixels, so a truncated
-    file fails here.
+    and the other colour modes become ``RGB`` (``RGBA`` for a palette with transparency). The EXIF orientation
+    (phone and camera JPEGs) is applied first. The file's own mode is kept in ``image.info["source_mode"]``. This
+    decodes the pixels, so a truncated file fails here.
 
     Args:
         image: a PIL image, as returned by ``PIL.Image.open``.
@@ -250,8 +250,8 @@ class PydicomImageReader(PydicomReader):
     def _get_array_data(self, img: Any, filename: Any) -> Any:
         if not any(keyword in img for keyword in _PIXEL_DATA_KEYWORDS):
             raise ValueError(
-                "the DICOM file has no pixel data (no PixelData element): it is a header-only object such as a "
-                f"structured report or presentation state (SOP class {img.get('SOPClassUID', 'unknown')})"
+                "the DICOM file has no pixel data (no PixelData element): a header-only file, structured report or "
+                f"presentation state? (SOP class {img.get('SOPClassUID', 'unknown')})"
             )
         data = super()._get_array_data(img, filename)  # pixel_array, then slope/intercept when present
         if str(img.get("PhotometricInterpretation", "")).strip().upper() == "PALETTE COLOR":
