@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from monai_shpeft.data.files import ImageIndex
 from monai_shpeft.data.layout import DatasetLayout, register_layout
 
 __all__ = ["COVID19_CT_CLASSES", "COVID19_CT_LAYOUT", "covid19_ct_datalist"]
@@ -53,7 +54,7 @@ def covid19_ct_datalist(dataset_dir: str | os.PathLike) -> dict[str, list[dict]]
         raise FileNotFoundError(f"COVID-CT dataset folder not found: {root} (expected {_EXPECTED}).")
     parts: dict[str, list[dict]] = {part: [] for part in _SPLIT_PREFIXES}
     for label, name in enumerate(COVID19_CT_CLASSES):
-        index = _ImageIndex(_image_folder(root, name))
+        index = ImageIndex(_image_folder(root, name), _IMAGE_SUFFIXES, "COVID-CT")
         for part, prefix in _SPLIT_PREFIXES.items():
             split_file = root / "Data-split" / name / f"{prefix}CT_{name}.txt"
             if not split_file.is_file():
@@ -61,7 +62,7 @@ def covid19_ct_datalist(dataset_dir: str | os.PathLike) -> dict[str, list[dict]]
                     f"COVID-CT split file missing: {split_file} (expected {_EXPECTED} under {root})."
                 )
             for entry in _read_names(split_file):
-                parts[part].append({"image": str(index.find(entry, split_file)), "label": label})
+                parts[part].append({"image": str(index.find(entry, f"{split_file}: entry")), "label": label})
     return parts
 
 
@@ -79,39 +80,6 @@ def _image_folder(root: Path, name: str) -> Path:
 def _read_names(split_file: Path) -> list[str]:
     """The non-empty lines of a split file, stripped."""
     return [line.strip() for line in split_file.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
-
-
-class _ImageIndex:
-    """The image files of one folder, found by exact name, case-insensitive name, or unique extension-less name."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        files = sorted(
-            p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES and not p.name.startswith(".")
-        )
-        if not files:
-            raise ValueError(f"COVID-CT image folder {folder} holds no image.")
-        self.by_name = {p.name: p for p in files}
-        self.by_lower = {p.name.lower(): p for p in files}
-        self.by_stem: dict[str, list[Path]] = {}
-        for path in files:
-            self.by_stem.setdefault(path.stem.lower(), []).append(path)
-
-    def find(self, entry: str, split_file: Path) -> Path:
-        """Return the file that split-file ``entry`` names.
-
-        Raises:
-            ValueError: naming the entry and the split file when no file, or more than one, matches.
-        """
-        if entry in self.by_name:
-            return self.by_name[entry]
-        if entry.lower() in self.by_lower:
-            return self.by_lower[entry.lower()]
-        candidates = self.by_stem.get(Path(entry).stem.lower(), [])
-        if len(candidates) == 1:
-            return candidates[0]
-        found = "several files match it" if candidates else "no such image"
-        raise ValueError(f"{split_file}: entry {entry!r} does not name an image of {self.folder} ({found}).")
 
 
 COVID19_CT_LAYOUT = register_layout(

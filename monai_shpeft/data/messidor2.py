@@ -21,6 +21,7 @@ import logging
 import os
 from pathlib import Path
 
+from monai_shpeft.data.files import ImageIndex
 from monai_shpeft.data.layout import DatasetLayout, register_layout
 
 __all__ = ["MESSIDOR2_CLASSES", "MESSIDOR2_LAYOUT", "messidor2_datalist"]
@@ -60,7 +61,7 @@ def messidor2_datalist(dataset_dir: str | os.PathLike) -> list[dict]:
     if image_dir is None:
         raise FileNotFoundError(f"Messidor-2 image folder missing: {root / 'IMAGES'} (expected {_EXPECTED}).")
     grades_file = _find_grades_file(root)
-    images = _ImageIndex(image_dir)
+    images = ImageIndex(image_dir, _IMAGE_SUFFIXES, "Messidor-2")
     items: list[dict] = []
     ungradable = 0
     with grades_file.open(newline="", encoding="utf-8-sig") as handle:
@@ -84,7 +85,7 @@ def messidor2_datalist(dataset_dir: str | os.PathLike) -> list[dict]:
             label = _number(grade, grades_file, line)
             if label not in range(len(MESSIDOR2_CLASSES)):
                 raise ValueError(f"{grades_file}, line {line}: {image_id!r} has DR grade {grade!r}, not one of 0-4.")
-            items.append({"image": str(images.find(image_id, grades_file, line)), "label": label})
+            items.append({"image": str(images.find(image_id, f"{grades_file}, line {line}:")), "label": label})
     logger.info(
         "Messidor-2: %d gradable image(s); skipped %d ungradable one(s) of %s.", len(items), ungradable, grades_file
     )
@@ -115,39 +116,6 @@ def _number(value: str, grades_file: Path, line: int) -> int:
     if not number.is_integer():
         raise ValueError(f"{grades_file}, line {line}: {value!r} is not an integer.")
     return int(number)
-
-
-class _ImageIndex:
-    """The images of ``IMAGES/``, found by exact name, case-insensitive name, or unique extension-less name."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        files = sorted(
-            p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES and not p.name.startswith(".")
-        )
-        if not files:
-            raise ValueError(f"Messidor-2 image folder {folder} holds no image.")
-        self.by_name = {p.name: p for p in files}
-        self.by_lower = {p.name.lower(): p for p in files}
-        self.by_stem: dict[str, list[Path]] = {}
-        for path in files:
-            self.by_stem.setdefault(path.stem.lower(), []).append(path)
-
-    def find(self, image_id: str, grades_file: Path, line: int) -> Path:
-        """Return the image file ``image_id`` names.
-
-        Raises:
-            ValueError: naming the row and the grades file when no file, or more than one, matches.
-        """
-        if image_id in self.by_name:
-            return self.by_name[image_id]
-        if image_id.lower() in self.by_lower:
-            return self.by_lower[image_id.lower()]
-        candidates = self.by_stem.get(Path(image_id).stem.lower(), [])
-        if len(candidates) == 1:
-            return candidates[0]
-        found = "several files match it" if candidates else "no such image"
-        raise ValueError(f"{grades_file}, line {line}: {image_id!r} does not name an image of {self.folder} ({found}).")
 
 
 MESSIDOR2_LAYOUT = register_layout(
