@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from pathlib import Path
 
-import numpy as np
 import pydicom
 import pytest
-from PIL import Image
-from pydicom.data import get_testdata_file
 
 from monai_shpeft.data import (
-    COVID19_CT_CLASSES,
     DATASETS,
-    ISIC2018_CLASSES,
-    LIMUC_CLASSES,
-    OCT_CLASSES,
     chaoyang_datalist,
     covid19_ct_datalist,
     covid19_radiography_datalist,
@@ -34,29 +26,23 @@ from monai_shpeft.data import (
     pediatric_cxr_datalist,
     prepare_datalist,
 )
+from tests.dataset_writers import (
+    _ddsm_case,
+    write_chaoyang,
+    write_chest_xray,
+    write_covid19_radiography,
+    write_covid_ct,
+    write_covid_cxr,
+    write_ddsm,
+    write_image,
+    write_isic2018,
+    write_limuc,
+    write_messidor2,
+    write_oct,
+)
 
 #: fractions that leave every part of a tiny dataset at least one image per class
 FRACTIONS = (0.5, 0.25, 0.25)
-_PIL_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".jfif": "JPEG", ".png": "PNG", ".bmp": "BMP", ".tif": "TIFF"}
-
-
-def write_image(path: Path, value: int = 100) -> Path:
-    """Write a real 8x8 RGB image in the format its suffix names."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.full((8, 8, 3), value % 256, dtype=np.uint8)).save(
-        path, format=_PIL_FORMATS[path.suffix.lower()]
-    )
-    return path
-
-
-def write_csv(path: Path, header: list[str], rows: list[list[object]]) -> Path:
-    """Write a CSV file with ``header`` and ``rows``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
 
 
 def labels_of(items: list[dict]) -> list[int]:
@@ -96,20 +82,6 @@ def test_every_layout_is_registered_with_its_modality() -> None:
 # --------------------------------------------------------------------------------------------------- Chaoyang
 
 
-def write_chaoyang(root: Path, train_per_class: int = 3, test_per_class: int = 1) -> Path:
-    """``chaoyang-data/`` with ``train/``, ``test/`` and the JSON label files of the release."""
-    release = root / "chaoyang-data"
-    for part, per_class in (("train", train_per_class), ("test", test_per_class)):
-        entries = []
-        for label in range(4):
-            for index in range(per_class):
-                name = f"{part}/{label}-{index}.JPG"
-                write_image(release / name, 40 * label + index)
-                entries.append({"name": name, "label": label})
-        (release / f"{part}.json").write_text(json.dumps(entries))
-    return root
-
-
 def test_chaoyang_lists_the_official_parts(tmp_path: Path) -> None:
     parts = chaoyang_datalist(write_chaoyang(tmp_path / "data"))
     assert set(parts) == {"training", "test"}
@@ -136,28 +108,6 @@ def test_chaoyang_errors_name_the_label_file(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- COVID-CT
-
-
-def write_covid_ct(root: Path) -> Path:
-    """``Images-processed/CT_<class>/`` and ``Data-split/<class>/<part>CT_<class>.txt`` of the release."""
-    counts = {"train": 3, "val": 2, "test": 2}
-    for label, name in enumerate(COVID19_CT_CLASSES):
-        lines = {}
-        for part, count in counts.items():
-            names = [f"{name} {part} {index}.png" for index in range(count)]
-            for file_name in names:
-                write_image(root / "Images-processed" / f"CT_{name}" / file_name, label * 50)
-            lines[part] = names
-        # the release's extension mix-up: listed as .png, stored as .jpeg
-        (root / "Images-processed" / f"CT_{name}" / f"{name} train 0.png").rename(
-            root / "Images-processed" / f"CT_{name}" / f"{name} train 0.jpeg"
-        )
-        for part, names in lines.items():
-            split_file = root / "Data-split" / name / f"{part}CT_{name}.txt"
-            split_file.parent.mkdir(parents=True, exist_ok=True)
-            split_file.write_text("\r\n".join(names) + "\r\n\r\n")
-    (root / "Images-processed" / "CT_COVID" / "readme.txt").write_text("not an image")
-    return root
 
 
 def test_covid19_ct_lists_the_official_split(tmp_path: Path) -> None:
@@ -193,22 +143,6 @@ def test_covid19_ct_errors_name_the_split_file(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------ Kermany: chest X-ray, OCT
-
-
-def write_chest_xray(root: Path, with_val: bool = True) -> Path:
-    """The Kaggle copy: ``chest_xray/{train,val,test}/{NORMAL,PNEUMONIA}`` plus the archive's leftovers."""
-    release = root / "chest_xray"
-    parts = {"train": 4, "test": 2, **({"val": 2} if with_val else {})}
-    for part, count in parts.items():
-        for index in range(count):
-            write_image(release / part / "NORMAL" / f"IM-{index:04d}-0001.jpeg")
-            kind = "bacteria" if index % 2 == 0 else "virus"
-            write_image(release / part / "PNEUMONIA" / f"person{index}_{kind}_{index}.jpeg")
-        (release / part / ".DS_Store").write_text("")
-    (release / "__MACOSX").mkdir()
-    (release / "train" / "__MACOSX").mkdir()
-    write_image(release / "chest_xray" / "train" / "NORMAL" / "duplicate.jpeg")
-    return root
 
 
 def test_pediatric_cxr_lists_parts_and_accepts_val(tmp_path: Path) -> None:
@@ -255,11 +189,8 @@ def test_kermany_errors_name_the_folder(tmp_path: Path) -> None:
 
 
 def test_oct_reads_the_kaggle_folder_with_a_trailing_space(tmp_path: Path) -> None:
-    release = tmp_path / "OCT2017 "
-    for part, count in (("train", 4), ("test", 1)):
-        for name in OCT_CLASSES:
-            for index in range(count):
-                write_image(release / part / name / f"{name}-{1000 + index}-1.jpeg")
+    write_oct(tmp_path)
+    assert (tmp_path / "OCT2017 " / "train" / "CNV").is_dir()
     parts = oct_datalist(tmp_path)
     assert labels_of(parts["test"]) == [0, 1, 2, 3]
     assert parts["validation"] == [] and len(parts["training"]) == 16
@@ -268,26 +199,6 @@ def test_oct_reads_the_kaggle_folder_with_a_trailing_space(tmp_path: Path) -> No
 
 
 # ------------------------------------------------------------------------------------------------------- LIMUC
-
-
-def write_limuc(root: Path, official: bool = True, patients: bool = True) -> Path:
-    """The unzipped Zenodo release: official train/test split folders and/or the patient-based folders."""
-    if official:
-        for part, count in (("train_and_validation_sets", 3), ("test_set", 1)):
-            for label, name in enumerate(LIMUC_CLASSES):
-                for index in range(count):
-                    write_image(root / part / name / f"UC_patient_{label}_{index}.bmp")
-    if patients:
-        for patient in (1, 2):
-            for label, name in enumerate(LIMUC_CLASSES):
-                for index in range(2):
-                    if patient == 2 and label == 3:
-                        continue  # a patient has only some grades
-                    write_image(
-                        root / "patient_based_classified_images" / str(patient) / name / f"UC_{patient}_{index}.bmp"
-                    )
-        (root / "patient_based_classified_images" / "1" / "Mayo 0" / "stray").mkdir()
-    return root
 
 
 def test_limuc_uses_the_official_split_when_present(tmp_path: Path) -> None:
@@ -325,26 +236,6 @@ def test_limuc_errors_name_the_folder(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------------- Messidor-2
 
 
-def write_messidor2(root: Path, per_grade: int = 4) -> Path:
-    """ADCIS ``IMAGES/`` and the Kaggle grades CSV, with an ungradable image."""
-    rows: list[list[object]] = []
-    for grade in range(5):
-        for index in range(per_grade):
-            name = f"2005{grade}{index:03d}_0100_PP.png" if index % 2 else f"IM{grade}{index:05d}.JPG"
-            write_image(root / "IMAGES" / name, grade * 40)
-            rows.append([name, grade, index % 2, 1])
-    write_image(root / "IMAGES" / "IM099999.JPG")
-    rows.append(["IM099999.JPG", "", "", 0])
-    (root / "IMAGES" / "Thumbs.db").write_text("")
-    (root / "messidor-2.csv").write_text("left;right\n")
-    write_csv(
-        root / "messidor2-dr-grades" / "messidor_data.csv",
-        ["image_id", "adjudicated_dr_grade", "adjudicated_dme", "adjudicated_gradable"],
-        rows,
-    )
-    return root
-
-
 def test_messidor2_skips_ungradable_images(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     root = write_messidor2(tmp_path / "messidor2")
     with caplog.at_level(logging.INFO, logger="monai_shpeft.data.messidor2"):
@@ -376,25 +267,6 @@ def test_messidor2_matches_converted_extensions_and_names_bad_rows(tmp_path: Pat
 # ---------------------------------------------------------------------------------------------------- ISIC 2018
 
 
-def write_isic2018(root: Path, parts: dict[str, int] | None = None) -> Path:
-    """The challenge's ``_Input`` folders and one-hot ``_GroundTruth`` CSVs."""
-    parts = parts or {"Training": 3, "Validation": 1, "Test": 1}
-    for part, per_class in parts.items():
-        rows = []
-        for label in range(len(ISIC2018_CLASSES)):
-            for index in range(per_class):
-                image_id = f"ISIC_{part[:2]}{label}{index:04d}"
-                write_image(root / f"ISIC2018_Task3_{part}_Input" / f"{image_id}.jpg", label * 30)
-                rows.append([image_id, *(f"{float(k == label):.1f}" for k in range(len(ISIC2018_CLASSES)))])
-        (root / f"ISIC2018_Task3_{part}_Input" / "ATTRIBUTION.txt").write_text("credits")
-        write_csv(
-            root / f"ISIC2018_Task3_{part}_GroundTruth" / f"ISIC2018_Task3_{part}_GroundTruth.csv",
-            ["image", *ISIC2018_CLASSES],
-            rows,
-        )
-    return root
-
-
 def test_isic2018_lists_the_challenge_parts(tmp_path: Path) -> None:
     parts = isic2018_datalist(write_isic2018(tmp_path / "isic"))
     assert [len(parts[part]) for part in ("training", "validation", "test")] == [21, 7, 7]
@@ -424,52 +296,6 @@ def test_isic2018_without_validation_and_errors(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------- CBIS-DDSM
-
-_DDSM_HEADER = ["patient_id", "left or right breast", "image view", "abnormality id", "pathology", "image file path"]
-
-
-def _ddsm_case(kind: str, split: str, patient: int, view: str) -> tuple[str, str, str]:
-    """Series folder, study UID and series UID of one full mammogram."""
-    folder = f"{kind}-{'Training' if split == 'train' else 'Test'}_P_{patient:05d}_LEFT_{view}"
-    uid = f"1.3.6.1.4.1.9590.100.1.2.{1 if kind == 'Mass' else 2}{patient}{len(view)}"
-    return folder, f"{uid}1", f"{uid}2"
-
-
-def write_ddsm(root: Path, kaggle: bool = False) -> Path:
-    """The four description CSVs and the TCIA download (descriptive folder names) or the Kaggle JPEG copy."""
-    template = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
-    pathologies = ["BENIGN", "MALIGNANT", "BENIGN_WITHOUT_CALLBACK", "MALIGNANT"]
-    for kind in ("Mass", "Calc"):
-        for split, patients in (("train", range(1, 4)), ("test", range(11, 13))):
-            rows = []
-            for patient in patients:
-                for view in ("CC", "MLO"):
-                    folder, study, series = _ddsm_case(kind, split, patient, view)
-                    pathology = pathologies[(patient + len(view)) % 4]
-                    csv_path = f"{folder}/{study}/{series}/000000.dcm"
-                    rows.append([f"P_{patient:05d}", "LEFT", view, 1, pathology, csv_path + "\n"])
-                    if patient == 1:  # a second abnormality of the same mammogram, malignant
-                        rows.append([f"P_{patient:05d}", "LEFT", view, 2, "MALIGNANT", csv_path])
-                    if kaggle:
-                        write_image(root / "jpeg" / series / "1-249.jpg")
-                        write_image(root / "jpeg" / f"{series}9" / "2-1.jpg")  # cropped / ROI series
-                        continue
-                    full = (
-                        root
-                        / "CBIS-DDSM"
-                        / folder
-                        / f"07-20-2016-DDSM-NA-{patient}"
-                        / "1.000000-full mammogram images-1"
-                    )
-                    full.mkdir(parents=True)
-                    template.save_as(full / "1-1.dcm")
-                    roi = root / "CBIS-DDSM" / f"{folder}_1" / "09-06-2017-DDSM-NA-1" / "1.000000-ROI mask images-2"
-                    roi.mkdir(parents=True)
-                    template.save_as(roi / "1-1.dcm")
-                    template.save_as(roi / "1-2.dcm")
-            csv_dir = root / "csv" if kaggle else root
-            write_csv(csv_dir / f"{kind.lower()}_case_description_{split}_set.csv", _DDSM_HEADER, rows)
-    return root
 
 
 def test_ddsm_resolves_the_tcia_download(tmp_path: Path) -> None:
@@ -524,11 +350,7 @@ def test_ddsm_errors_name_the_csv_row(tmp_path: Path) -> None:
 
 
 def test_covid_cxr_reads_the_fpt_dataset(tmp_path: Path) -> None:
-    release = tmp_path / "covid-cxr-image-dataset-research" / "COVID_IEEE"
-    for label, name in enumerate(("covid", "normal", "virus")):
-        for index, suffix in enumerate((".jpeg", ".png", ".jfif", ".jpg")):
-            write_image(release / name / f"{name}{index}{suffix}", label * 60)
-    (release / "covid" / "notes.txt").write_text("not an image")
+    release = write_covid_cxr(tmp_path) / "COVID_IEEE"
     items = covid_cxr_datalist(tmp_path / "covid-cxr-image-dataset-research")
     assert labels_of(items) == [0] * 4 + [1] * 4 + [2] * 4
     assert not any(item["image"].endswith(".txt") for item in items)
@@ -539,13 +361,7 @@ def test_covid_cxr_reads_the_fpt_dataset(tmp_path: Path) -> None:
 
 
 def test_covid19_radiography_skips_masks(tmp_path: Path) -> None:
-    release = tmp_path / "COVID-19_Radiography_Dataset"
-    names = ("COVID", "Normal", "Lung_Opacity", "Viral Pneumonia")
-    for label, name in enumerate(names):
-        for index in range(4):
-            write_image(release / name / "images" / f"{name}-{index}.png", label * 60)
-            write_image(release / name / "masks" / f"{name}-{index}.png", 255)
-        (release / f"{name}.metadata.xlsx").write_text("")
+    release = write_covid19_radiography(tmp_path) / "COVID-19_Radiography_Dataset"
     items = covid19_radiography_datalist(tmp_path)
     assert [labels_of(items).count(k) for k in range(4)] == [4, 4, 4, 4]
     assert all(Path(item["image"]).parent.name == "images" for item in items)

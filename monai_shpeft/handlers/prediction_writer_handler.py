@@ -63,11 +63,12 @@ class PredictionWriter:
         Args:
             engine: the evaluator.
         """
-        logits = torch.as_tensor(engine.state.output["pred"]).detach().float()
-        if logits.ndim != 2 or logits.shape[1] != len(self.classes):
+        output = engine.state.output
+        logits = torch.as_tensor(output["pred"]).detach().float() if isinstance(output, dict) else None
+        if logits is None or logits.ndim != 2 or logits.shape[1] != len(self.classes):
             raise ValueError(
                 f"PredictionWriter expects logits [B, {len(self.classes)}] (evaluator with decollate=False), got "
-                f"{tuple(logits.shape)}."
+                f"{'a list of per-image outputs' if logits is None else tuple(logits.shape)}."
             )
         probabilities = torch.softmax(logits, dim=1).cpu()
         names = self._image_names(engine, probabilities.shape[0])
