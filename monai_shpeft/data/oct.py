@@ -5,7 +5,7 @@ where the folder is literally named ``OCT2017 `` with a trailing space) hold the
 
     OCT2017/train/{CNV,DME,DRUSEN,NORMAL}/*.jpeg   (108,309 images in Mendeley v3; the older Kaggle copy has fewer)
     OCT2017/test/{CNV,DME,DRUSEN,NORMAL}/*.jpeg    (1,000 images, 250 per class)
-    OCT2017/val/{CNV,DME,DRUSEN,NORMAL}/*.jpeg     (Kaggle copy only: 8 per class)
+    OCT2017/val/{CNV,DME,DRUSEN,NORMAL}/*.jpeg     (Kaggle copy only: 8 per class; read into training)
 
 File names are ``<CLASS>-<patient>-<n>.jpeg``. SH-PEFT trains on 97,477 and validates on 10,832 of the 108,309
 training images and tests on the 1,000 test images.
@@ -42,8 +42,8 @@ def oct_datalist(dataset_dir: str | os.PathLike) -> dict[str, list[dict]]:
 
     Returns:
         ``{"training": [...], "validation": [...], "test": [...]}`` of ``{"image": path, "label": index}`` items;
-        ``validation`` is the Kaggle copy's ``val/`` when present, else empty (then carved from training by
-        :func:`monai_shpeft.data.prepare_datalist`).
+        ``validation`` is empty: the Kaggle copy's tiny ``val/`` is read into training, and
+        :func:`monai_shpeft.data.prepare_datalist` carves a stratified validation part from it.
 
     Raises:
         FileNotFoundError: if the dataset, a part or a class folder is missing.

@@ -5,7 +5,8 @@ paultimothymooney/chest-xray-pneumonia) hold the official split as part folders 
 
     chest_xray/train/{NORMAL,PNEUMONIA}/*.jpeg     (1,349 / 3,883 images in the Mendeley release)
     chest_xray/test/{NORMAL,PNEUMONIA}/*.jpeg      (234 / 390)
-    chest_xray/val/{NORMAL,PNEUMONIA}/*.jpeg       (Kaggle copy only: 8 / 8 images moved out of train/)
+    chest_xray/val/{NORMAL,PNEUMONIA}/*.jpeg       (Kaggle copy only: 8 / 8 images moved out of train/;
+                                                    read back into the training part)
 
 The pneumonia file names tell bacterial from viral cases (``person1_bacteria_1.jpeg`` / ``person1_virus_6.jpeg``
 in the Kaggle copy, ``BACTERIA-...jpeg`` / ``VIRUS-...jpeg`` in Mendeley v3), which gives the three-class task
@@ -39,8 +40,10 @@ __all__ = [
 PEDIATRIC_CXR_CLASSES: tuple[str, ...] = ("NORMAL", "PNEUMONIA")
 #: the three-class task: normal, bacterial pneumonia, viral pneumonia
 PEDIATRIC_CXR3_CLASSES: tuple[str, ...] = ("normal", "bacterial", "viral")
-#: part folder -> datalist part; ``val/`` exists in the Kaggle copy only
-KERMANY_PARTS: dict[str, str] = {"train": "training", "val": "validation", "test": "test"}
+#: part folder -> datalist part. ``val/`` exists in the Kaggle copies only and holds a handful of images taken out
+#: of ``train/`` (16 for chest X-ray, all bacterial; 32 for OCT): too few to pick a checkpoint on, and without
+#: every class, so they go back to training and a stratified validation part is carved from it.
+KERMANY_PARTS: dict[str, str] = {"train": "training", "val": "training", "test": "test"}
 _CXR_RELEASE_FOLDERS = ("chest_xray", "CellData/chest_xray", "ZhangLabData/CellData/chest_xray")
 _IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}
 #: folders that archive tools leave behind and that are not classes
@@ -69,7 +72,7 @@ def kermany_datalist(
 
     Returns:
         ``{"training": [...], "validation": [...], "test": [...]}`` of ``{"image": path, "label": index}`` items
-        sorted by class then file name; ``validation`` is empty without a ``val/`` folder.
+        sorted by class then file name; ``validation`` is empty (a ``val/`` folder is read into training).
 
     Raises:
         FileNotFoundError: if ``dataset_dir``, ``train/``, ``test/`` or a class folder of a part is missing.
@@ -85,11 +88,11 @@ def kermany_datalist(
         raise FileNotFoundError(
             f"{dataset} part folders not found: none of {[str(c) for c in candidates]} holds {expected}."
         )
-    parts: dict[str, list[dict]] = {part: [] for part in KERMANY_PARTS.values()}
+    parts: dict[str, list[dict]] = {"training": [], "validation": [], "test": []}
     for folder, part in KERMANY_PARTS.items():
         if (release / folder).is_dir():
-            parts[part] = _list_part(release / folder, classes, dataset)
-    return parts
+            parts[part].extend(_list_part(release / folder, classes, dataset))
+    return {part: sorted(items, key=lambda item: (item["label"], item["image"])) for part, items in parts.items()}
 
 
 def _list_part(part_dir: Path, classes: Sequence[str], dataset: str) -> list[dict]:
@@ -125,8 +128,8 @@ def pediatric_cxr_datalist(dataset_dir: str | os.PathLike) -> dict[str, list[dic
             holding it as ``chest_xray/``, ``CellData/chest_xray/`` or ``ZhangLabData/CellData/chest_xray/``.
 
     Returns:
-        ``{"training": [...], "validation": [...], "test": [...]}``; ``validation`` is the Kaggle copy's ``val/``
-        when present, else empty (then carved from training by :func:`monai_shpeft.data.prepare_datalist`).
+        ``{"training": [...], "validation": [...], "test": [...]}``; ``validation`` is empty (a Kaggle
+        ``val/`` is read into training; :func:`monai_shpeft.data.prepare_datalist` carves the validation part).
 
     Raises:
         FileNotFoundError: if the dataset, a part or a class folder is missing.
