@@ -96,7 +96,7 @@ def copy_bundles(destination: Path, names: Sequence[str] = ("busi",)) -> Path:
     return destination
 
 
-def run_command(args: Sequence[str], cwd: Path, timeout: int = 600) -> str:
+def run_command(args: Sequence[str], cwd: Path, timeout: int = 600, tail: int = 4000) -> str:
     """Run a real subprocess; fail the test with the end of its output when it exits non-zero."""
     import os
     import subprocess
@@ -105,7 +105,7 @@ def run_command(args: Sequence[str], cwd: Path, timeout: int = 600) -> str:
     done = subprocess.run(list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     output = done.stdout + done.stderr
     if done.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} exited {done.returncode}:\n{output[-4000:]}")
+        raise AssertionError(f"{' '.join(args)} exited {done.returncode}:\n{output[-tail:]}")
     return output
 
 

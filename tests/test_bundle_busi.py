@@ -243,3 +243,20 @@ def test_two_process_gloo_training(tmp_path: Path) -> None:
     # both ranks logged the same selection fingerprint
     fingerprints = {line.split("fingerprint ")[1].split()[0] for line in output.splitlines() if "fingerprint " in line}
     assert len(fingerprints) == 1 and output.count("fingerprint ") == 2
+
+
+def test_default_backbone_offline_fails_with_the_actionable_message(tmp_path: Path) -> None:
+    """The paper's default (open_clip ViT-B/16, 'openai') needs the hub: offline the run stops and says what to do."""
+    work = copy_bundles(tmp_path)
+    write_busi_folder(work / "busi", per_class=10)
+    with pytest.raises(AssertionError) as failure:
+        run_command(
+            [sys.executable, "-m", "monai.bundle", "run", "--config_file", TRAIN]
+            + "--dataset_dir busi --device cpu --num_workers 0".split(),
+            cwd=work,
+            tail=100_000,
+        )
+    message = str(failure.value)
+    assert "PretrainedWeightsUnavailableError" in message and "open_clip:ViT-B-16" in message
+    assert "pretrained='/path/to/open_clip_pytorch_model.bin'" in message
+    assert not (work / BUNDLE / "models" / "model.pt").exists()

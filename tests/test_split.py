@@ -28,3 +28,9 @@ def test_split_is_seeded() -> None:
 def test_bad_fractions() -> None:
     with pytest.raises(ValueError, match="summing to 1"):
         stratified_split(ITEMS, (0.5, 0.2, 0.2))
+
+
+def test_too_small_a_dataset_is_explained() -> None:
+    tiny = [{"image": f"{i}.png", "label": i % 3} for i in range(9)]
+    with pytest.raises(ValueError, match=r"cannot split 9 images \(per class: \{0: 3, 1: 3, 2: 3\}\)"):
+        stratified_split(tiny)

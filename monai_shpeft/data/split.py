@@ -30,9 +30,17 @@ def stratified_split(
         raise ValueError(f"fractions must be three positive numbers summing to 1, got {list(fractions)}.")
     train_fraction, val_fraction, test_fraction = fractions
     labels = [item[label_key] for item in items]
-    rest, test = train_test_split(list(items), test_size=test_fraction, stratify=labels, random_state=seed)
-    rest_labels = [item[label_key] for item in rest]
-    train, val = train_test_split(
-        rest, test_size=val_fraction / (train_fraction + val_fraction), stratify=rest_labels, random_state=seed
-    )
+    try:
+        rest, test = train_test_split(list(items), test_size=test_fraction, stratify=labels, random_state=seed)
+        rest_labels = [item[label_key] for item in rest]
+        train, val = train_test_split(
+            rest, test_size=val_fraction / (train_fraction + val_fraction), stratify=rest_labels, random_state=seed
+        )
+    except ValueError as error:  # scikit-learn's message speaks of test_size, not of the user's data
+        counts = {label: labels.count(label) for label in sorted(set(labels))}
+        raise ValueError(
+            f"cannot split {len(items)} images (per class: {counts}) into training / validation / test parts of "
+            f"{list(fractions)} with every class in every part: too few images. Add images or pass an "
+            f"official split. ({error})"
+        ) from error
     return {"training": list(train), "validation": list(val), "test": list(test)}
