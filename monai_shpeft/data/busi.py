@@ -11,6 +11,7 @@ import os
 import re
 from pathlib import Path
 
+from monai_shpeft.data.files import class_folder_items
 from monai_shpeft.data.layout import DatasetLayout, register_layout
 
 __all__ = ["BUSI_CLASSES", "BUSI_LAYOUT", "busi_datalist"]
@@ -38,26 +39,14 @@ def busi_datalist(dataset_dir: str | os.PathLike, classes: tuple[str, ...] = BUS
     root = Path(dataset_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"BUSI dataset folder not found: {root}")
-    unknown = sorted(
-        p.name for p in root.iterdir() if p.is_dir() and p.name not in classes and not p.name.startswith(".")
+    return class_folder_items(
+        root,
+        classes,
+        "BUSI",
+        _IMAGE_SUFFIXES,
+        expected=f"{list(classes)} under {root}",
+        is_mask=lambda path: bool(_MASK_PATTERN.search(path.stem)),
     )
-    if unknown:
-        raise ValueError(
-            f"{root} has class folder(s) {unknown} that are not BUSI classes {list(classes)}; move them "
-            "out or pass the class list explicitly."
-        )
-    items: list[dict] = []
-    for label, name in enumerate(classes):
-        folder = root / name
-        if not folder.is_dir():
-            raise FileNotFoundError(f"BUSI class folder missing: {folder} (expected {list(classes)} under {root})")
-        images = sorted(
-            p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES and not _MASK_PATTERN.search(p.stem)
-        )
-        if not images:
-            raise ValueError(f"BUSI class folder {folder} holds no image (masks are skipped).")
-        items.extend({"image": str(p), "label": label} for p in images)
-    return items
 
 
 BUSI_LAYOUT = register_layout(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from monai_shpeft.data.files import class_folder_items
 from monai_shpeft.data.layout import DatasetLayout, register_layout
 
 __all__ = ["COVID19_RADIOGRAPHY_CLASSES", "COVID19_RADIOGRAPHY_LAYOUT", "covid19_radiography_datalist"]
@@ -47,31 +48,9 @@ def covid19_radiography_datalist(dataset_dir: str | os.PathLike) -> list[dict]:
         raise FileNotFoundError(f"COVID-19 Radiography dataset folder not found: {root} (expected {expected}).")
     if not (root / COVID19_RADIOGRAPHY_CLASSES[0]).is_dir() and (root / _RELEASE_FOLDER).is_dir():
         root = root / _RELEASE_FOLDER
-    unknown = sorted(
-        p.name
-        for p in root.iterdir()
-        if p.is_dir() and p.name not in COVID19_RADIOGRAPHY_CLASSES and not p.name.startswith(".")
+    return class_folder_items(
+        root, COVID19_RADIOGRAPHY_CLASSES, "COVID-19 Radiography", _IMAGE_SUFFIXES, expected, image_subfolder="images"
     )
-    if unknown:
-        raise ValueError(
-            f"{root} has folder(s) {unknown} that are not COVID-19 Radiography classes "
-            f"{list(COVID19_RADIOGRAPHY_CLASSES)}."
-        )
-    items: list[dict] = []
-    for label, name in enumerate(COVID19_RADIOGRAPHY_CLASSES):
-        folder = root / name
-        if not folder.is_dir():
-            raise FileNotFoundError(f"COVID-19 Radiography class folder missing: {folder} (expected {expected}).")
-        image_dir = folder / "images" if (folder / "images").is_dir() else folder
-        images = sorted(
-            p
-            for p in image_dir.iterdir()
-            if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES and not p.name.startswith(".")
-        )
-        if not images:
-            raise ValueError(f"COVID-19 Radiography class folder {image_dir} holds no image.")
-        items.extend({"image": str(p), "label": label} for p in images)
-    return items
 
 
 COVID19_RADIOGRAPHY_LAYOUT = register_layout(

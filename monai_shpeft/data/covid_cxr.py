@@ -19,6 +19,7 @@ import logging
 import os
 from pathlib import Path
 
+from monai_shpeft.data.files import class_folder_items
 from monai_shpeft.data.layout import DatasetLayout, register_layout
 
 __all__ = ["COVID_CXR_CLASSES", "COVID_CXR_LAYOUT", "covid_cxr_datalist"]
@@ -52,25 +53,15 @@ def covid_cxr_datalist(dataset_dir: str | os.PathLike) -> list[dict]:
         raise FileNotFoundError(f"COVID CXR dataset folder not found: {root} (expected {expected}).")
     if not (root / COVID_CXR_CLASSES[0]).is_dir() and (root / _RELEASE_FOLDER).is_dir():
         root = root / _RELEASE_FOLDER
-    unknown = sorted(
-        p.name for p in root.iterdir() if p.is_dir() and p.name not in COVID_CXR_CLASSES and not p.name.startswith(".")
+    items = class_folder_items(root, COVID_CXR_CLASSES, "COVID CXR", _IMAGE_SUFFIXES, expected)
+    others = sum(
+        1
+        for name in COVID_CXR_CLASSES
+        for p in (root / name).iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() not in _IMAGE_SUFFIXES
     )
-    if unknown:
-        raise ValueError(f"{root} has folder(s) {unknown} that are not COVID CXR classes {list(COVID_CXR_CLASSES)}.")
-    items: list[dict] = []
-    skipped = 0
-    for label, name in enumerate(COVID_CXR_CLASSES):
-        folder = root / name
-        if not folder.is_dir():
-            raise FileNotFoundError(f"COVID CXR class folder missing: {folder} (expected {expected}).")
-        files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-        images = [p for p in files if p.suffix.lower() in _IMAGE_SUFFIXES]
-        skipped += len(files) - len(images)
-        if not images:
-            raise ValueError(f"COVID CXR class folder {folder} holds no image.")
-        items.extend({"image": str(p), "label": label} for p in images)
-    if skipped:
-        logger.info("COVID CXR: skipped %d file(s) that are not images under %s.", skipped, root)
+    if others:
+        logger.info("COVID CXR: skipped %d file(s) that are not images under %s.", others, root)
     return items
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-__all__ = ["ImageIndex"]
+__all__ = ["ImageIndex", "class_folder_items"]
 
 
 class ImageIndex:
@@ -58,3 +58,57 @@ class ImageIndex:
             return candidates[0]
         found = "several files match it" if candidates else "no such image"
         raise ValueError(f"{where} {name!r} does not name an image of {self.folder} ({found}).")
+
+
+def class_folder_items(
+    root: Path,
+    classes: Sequence[str],
+    dataset: str,
+    suffixes: Iterable[str],
+    expected: str,
+    image_subfolder: str | None = None,
+    is_mask: Callable[[Path], bool] | None = None,
+) -> list[dict]:
+    """List a ``<root>/<class>/[<image_subfolder>/]<image>`` layout as labelled items.
+
+    Args:
+        root: the folder holding one folder per class.
+        classes: class folder names in label order.
+        dataset: dataset name, quoted in errors.
+        suffixes: image file suffixes (lower case, with the dot).
+        expected: a description of the layout, quoted when a folder is missing.
+        image_subfolder: a folder inside each class folder that holds the images, when present (e.g. ``images``).
+        is_mask: tells annotation files that sit beside the images (skipped).
+
+    Returns:
+        ``[{"image": path, "label": index}, ...]`` sorted by class then file name.
+
+    Raises:
+        FileNotFoundError: if a class folder is missing.
+        ValueError: if ``root`` has a folder that is not a class, or a class folder holds no image.
+    """
+    unknown = sorted(
+        p.name for p in root.iterdir() if p.is_dir() and p.name not in classes and not p.name.startswith(".")
+    )
+    if unknown:
+        raise ValueError(f"{root} has folder(s) {unknown} that are not {dataset} classes {list(classes)}.")
+    allowed = {s.lower() for s in suffixes}
+    items: list[dict] = []
+    for label, name in enumerate(classes):
+        folder = root / name
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{dataset} class folder missing: {folder} (expected {expected}).")
+        if image_subfolder and (folder / image_subfolder).is_dir():
+            folder = folder / image_subfolder
+        images = sorted(
+            p
+            for p in folder.iterdir()
+            if p.is_file()
+            and p.suffix.lower() in allowed
+            and not p.name.startswith(".")
+            and not (is_mask is not None and is_mask(p))
+        )
+        if not images:
+            raise ValueError(f"{dataset} class folder {folder} holds no image.")
+        items.extend({"image": str(p), "label": label} for p in images)
+    return items
