@@ -10,7 +10,7 @@ Runs side by side, in one process, on the same data and backbone:
 Example (the figures in the README came from this command)::
 
     python benchmarks/shpeft_core_cpu.py --dataset_dir ../shared/data/busi \
-        --weights ../shared/weights/vit_small_patch14_dinov2.safetensors --image_size 112 --max_epochs 12
+        --weights ../shared/weights/vit_small_patch14_dinov2.safetensors --image_size 112 --max_epochs 2
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--lr", type=float, default=0.001)
     parser.add_argument("--head_lr", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", default="docs/benchmarks/shpeft_core_cpu")
+    parser.add_argument("--output", default="docs/benchmarks/shpeft_core_cpu.json")
     args = parser.parse_args(argv)
     logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
     set_determinism(seed=args.seed)
     sh_timer = StepTimer()
     estimation = ImportanceEstimationHandler(
-        budget=args.budget, progress=True, save_path=Path(args.output) / "sparse_set.safetensors"
+        budget=args.budget, progress=True, save_path=Path(args.output).with_suffix(".sparse_set.safetensors")
     )
     model = network()
     trainer = make_trainer(
@@ -172,8 +172,8 @@ def main(argv: list[str] | None = None) -> dict:
         "torch_threads": torch.get_num_threads(),
     }
     out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return result
 
