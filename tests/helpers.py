@@ -96,6 +96,13 @@ def copy_bundles(destination: Path, names: Sequence[str] = ("busi",)) -> Path:
     return destination
 
 
+def monai_bundle(verb: str, *args: str) -> list[str]:
+    """The command line ``python -m monai.bundle <verb> <args...>`` with this interpreter."""
+    import sys
+
+    return [sys.executable, "-m", "monai.bundle", verb, *args]
+
+
 def run_command(args: Sequence[str], cwd: Path, timeout: int = 600, tail: int = 4000) -> str:
     """Run a real subprocess; fail the test with the end of its output when it exits non-zero."""
     import os

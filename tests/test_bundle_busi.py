@@ -13,7 +13,7 @@ import torch
 
 from monai_shpeft.sparse_set import SparseTrainableSet
 from monai_shpeft.utils import sha256_of_file
-from tests.helpers import TINY_BUNDLE_ARGS, copy_bundles, run_command, write_busi_folder
+from tests.helpers import TINY_BUNDLE_ARGS, copy_bundles, monai_bundle, run_command, write_busi_folder
 
 BUNDLE = "bundles/busi"
 TRAIN = f"{BUNDLE}/configs/train.json"
@@ -25,10 +25,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = copy_bundles(tmp_path_factory.mktemp("bundle"))
     write_busi_folder(work / "busi", per_class=10)
     run_command(
-        [
-            sys.executable,
-            "-m",
-            "monai.bundle",
+        monai_bundle(
             "run",
             "--config_file",
             TRAIN,
@@ -39,7 +36,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "--learning_rate",
             "0.05",
             *TINY_BUNDLE_ARGS,
-        ],
+        ),
         cwd=work,
     )
     return work
@@ -84,17 +81,14 @@ def test_checkpoint_holds_the_sparse_update(trained: Path) -> None:
 
 def test_evaluate_reports_f1_accuracy_auc_on_the_test_split(trained: Path) -> None:
     run_command(
-        [
-            sys.executable,
-            "-m",
-            "monai.bundle",
+        monai_bundle(
             "run",
             "--config_file",
             f"['{TRAIN}','{BUNDLE}/configs/evaluate.json']",
             "--dataset_dir",
             "busi",
             *TINY_BUNDLE_ARGS,
-        ],
+        ),
         cwd=trained,
     )
     eval_dir = trained / BUNDLE / "runs" / "eval"
@@ -108,17 +102,9 @@ def test_evaluate_reports_f1_accuracy_auc_on_the_test_split(trained: Path) -> No
 
 def test_inference_writes_one_prediction_per_image(trained: Path) -> None:
     run_command(
-        [
-            sys.executable,
-            "-m",
-            "monai.bundle",
-            "run",
-            "--config_file",
-            f"{BUNDLE}/configs/inference.json",
-            "--input_dir",
-            "busi/normal",
-            *TINY_BUNDLE_ARGS,
-        ],
+        monai_bundle(
+            "run", "--config_file", f"{BUNDLE}/configs/inference.json", "--input_dir", "busi/normal", *TINY_BUNDLE_ARGS
+        ),
         cwd=trained,
     )
     rows = list(csv.DictReader((trained / BUNDLE / "runs" / "predictions.csv").open()))
@@ -132,10 +118,7 @@ def test_inference_writes_one_prediction_per_image(trained: Path) -> None:
 def test_ckpt_export_and_verify_commands(trained: Path) -> None:
     bundle = trained / BUNDLE
     run_command(
-        [
-            sys.executable,
-            "-m",
-            "monai.bundle",
+        monai_bundle(
             "ckpt_export",
             "network_def",
             "--filepath",
@@ -147,7 +130,7 @@ def test_ckpt_export_and_verify_commands(trained: Path) -> None:
             "--config_file",
             f"{BUNDLE}/configs/inference.json",
             *TINY_BUNDLE_ARGS[:8],
-        ],
+        ),
         cwd=trained,
     )
     scripted = torch.jit.load(str(bundle / "models" / "model.ts"))
@@ -160,10 +143,7 @@ def test_ckpt_export_and_verify_commands(trained: Path) -> None:
     torch.testing.assert_close(scripted(image), network(image))
 
     run_command(
-        [
-            sys.executable,
-            "-m",
-            "monai.bundle",
+        monai_bundle(
             "verify_net_in_out",
             "network_def",
             "--meta_file",
@@ -172,20 +152,17 @@ def test_ckpt_export_and_verify_commands(trained: Path) -> None:
             f"{BUNDLE}/configs/inference.json",
             "--tiny_backbone",
             "True",
-        ],
+        ),
         cwd=trained,
     )
     output = run_command(
-        [
-            sys.executable,
-            "-m",
-            "monai.bundle",
+        monai_bundle(
             "verify_metadata",
             "--meta_file",
             f"{BUNDLE}/configs/metadata.json",
             "--filepath",
             "bundles/_schema/metadata_schema.json",
-        ],
+        ),
         cwd=trained,
     )
     assert "verified with no error" in output  # the metadata, with the training record, passes offline
@@ -199,16 +176,13 @@ def test_verify_metadata_rejects_a_broken_record(tmp_path: Path) -> None:
     path.write_text(json.dumps(metadata))
     with pytest.raises(AssertionError, match="Failed validating"):
         run_command(
-            [
-                sys.executable,
-                "-m",
-                "monai.bundle",
+            monai_bundle(
                 "verify_metadata",
                 "--meta_file",
                 f"{BUNDLE}/configs/metadata.json",
                 "--filepath",
                 "bundles/_schema/metadata_schema.json",
-            ],
+            ),
             cwd=work,
         )
 
@@ -251,8 +225,7 @@ def test_default_backbone_offline_fails_with_the_actionable_message(tmp_path: Pa
     write_busi_folder(work / "busi", per_class=10)
     with pytest.raises(AssertionError) as failure:
         run_command(
-            [sys.executable, "-m", "monai.bundle", "run", "--config_file", TRAIN]
-            + "--dataset_dir busi --device cpu --num_workers 0".split(),
+            monai_bundle("run", "--config_file", TRAIN) + "--dataset_dir busi --device cpu --num_workers 0".split(),
             cwd=work,
             tail=100_000,
         )

@@ -9,7 +9,6 @@ needs. Each run is one epoch of the tiny 2-layer backbone at 28 px on the CPU.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from tests.dataset_writers import (
     write_messidor2,
     write_oct,
 )
-from tests.helpers import REPO_ROOT, TINY_BUNDLE_ARGS, copy_bundles, run_command
+from tests.helpers import REPO_ROOT, TINY_BUNDLE_ARGS, copy_bundles, monai_bundle, run_command
 
 # verify_metadata warns that the local schema copy has no hash to check against; that is expected here
 pytestmark = pytest.mark.filterwarnings("ignore:No hash value provided:UserWarning")
@@ -87,10 +86,7 @@ def test_bundle_trains_on_a_tiny_copy_of_its_dataset(name: str, tmp_path: Path) 
     dataset_dir = write(work / "data" / name)
     bundle = work / "bundles" / name
     run_command(
-        [
-            sys.executable,
-            "-m",
-            "monai.bundle",
+        monai_bundle(
             "run",
             "--config_file",
             f"bundles/{name}/configs/train.json",
@@ -99,7 +95,7 @@ def test_bundle_trains_on_a_tiny_copy_of_its_dataset(name: str, tmp_path: Path) 
             "--max_epochs",
             "1",
             *TINY_BUNDLE_ARGS,
-        ],
+        ),
         cwd=work,
     )
 
