@@ -16,9 +16,8 @@ official split: the lister returns a flat list for the seeded stratified split.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-from monai_shpeft.data.files import class_folder_items
+from monai_shpeft.data.files import class_folder_items, release_root
 from monai_shpeft.data.layout import DatasetLayout, register_layout
 
 __all__ = ["COVID19_RADIOGRAPHY_CLASSES", "COVID19_RADIOGRAPHY_LAYOUT", "covid19_radiography_datalist"]
@@ -42,12 +41,8 @@ def covid19_radiography_datalist(dataset_dir: str | os.PathLike) -> list[dict]:
         FileNotFoundError: if ``dataset_dir`` or a class folder is missing.
         ValueError: if a class folder holds no image, or the folder has a sub-folder that is not a known class.
     """
-    root = Path(dataset_dir)
     expected = f"{_RELEASE_FOLDER}/ with class folders {list(COVID19_RADIOGRAPHY_CLASSES)}, each with images/"
-    if not root.is_dir():
-        raise FileNotFoundError(f"COVID-19 Radiography dataset folder not found: {root} (expected {expected}).")
-    if not (root / COVID19_RADIOGRAPHY_CLASSES[0]).is_dir() and (root / _RELEASE_FOLDER).is_dir():
-        root = root / _RELEASE_FOLDER
+    root = release_root(dataset_dir, _RELEASE_FOLDER, COVID19_RADIOGRAPHY_CLASSES[0], "COVID-19 Radiography", expected)
     return class_folder_items(
         root, COVID19_RADIOGRAPHY_CLASSES, "COVID-19 Radiography", _IMAGE_SUFFIXES, expected, image_subfolder="images"
     )

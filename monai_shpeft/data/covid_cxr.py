@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
-from monai_shpeft.data.files import class_folder_items
+from monai_shpeft.data.files import class_folder_items, release_root
 from monai_shpeft.data.layout import DatasetLayout, register_layout
 
 __all__ = ["COVID_CXR_CLASSES", "COVID_CXR_LAYOUT", "covid_cxr_datalist"]
@@ -47,12 +46,8 @@ def covid_cxr_datalist(dataset_dir: str | os.PathLike) -> list[dict]:
         FileNotFoundError: if ``dataset_dir`` or a class folder is missing.
         ValueError: if a class folder holds no image, or the folder has a sub-folder that is not a known class.
     """
-    root = Path(dataset_dir)
     expected = f"{_RELEASE_FOLDER}/ with class folders {list(COVID_CXR_CLASSES)}"
-    if not root.is_dir():
-        raise FileNotFoundError(f"COVID CXR dataset folder not found: {root} (expected {expected}).")
-    if not (root / COVID_CXR_CLASSES[0]).is_dir() and (root / _RELEASE_FOLDER).is_dir():
-        root = root / _RELEASE_FOLDER
+    root = release_root(dataset_dir, _RELEASE_FOLDER, COVID_CXR_CLASSES[0], "COVID CXR", expected)
     items = class_folder_items(root, COVID_CXR_CLASSES, "COVID CXR", _IMAGE_SUFFIXES, expected)
     others = sum(
         1

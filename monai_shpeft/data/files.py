@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-__all__ = ["ImageIndex", "class_folder_items"]
+__all__ = ["ImageIndex", "class_folder_items", "release_root"]
 
 
 class ImageIndex:
@@ -112,3 +112,27 @@ def class_folder_items(
             raise ValueError(f"{dataset} class folder {folder} holds no image.")
         items.extend({"image": str(p), "label": label} for p in images)
     return items
+
+
+def release_root(dataset_dir: str | Path, release_folder: str, first_class: str, dataset: str, expected: str) -> Path:
+    """The folder holding the class folders: ``dataset_dir`` itself, or its ``release_folder`` child.
+
+    Args:
+        dataset_dir: what the user passed.
+        release_folder: the folder name the release unpacks to.
+        first_class: a class folder name that marks the right level.
+        dataset: dataset name, quoted in errors.
+        expected: a description of the layout, quoted in errors.
+
+    Returns:
+        the folder to list.
+
+    Raises:
+        FileNotFoundError: if ``dataset_dir`` does not exist.
+    """
+    root = Path(dataset_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{dataset} dataset folder not found: {root} (expected {expected}).")
+    if not (root / first_class).is_dir() and (root / release_folder).is_dir():
+        return root / release_folder
+    return root
