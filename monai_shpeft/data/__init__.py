@@ -13,6 +13,12 @@ from monai_shpeft.data.covid19_radiography import (
 from monai_shpeft.data.covid_cxr import COVID_CXR_CLASSES, COVID_CXR_LAYOUT, covid_cxr_datalist
 from monai_shpeft.data.datalist import DatalistError, inference_items, load_datalist, prepare_datalist
 from monai_shpeft.data.ddsm import DDSM_CLASSES, DDSM_LAYOUT, ddsm_datalist
+from monai_shpeft.data.feature_cache import (
+    FEATURE_CACHE_VERSION,
+    FeatureCacheError,
+    FrozenFeatureCache,
+    feature_cache_for,
+)
 from monai_shpeft.data.isic2018 import ISIC2018_CLASSES, ISIC2018_LAYOUT, isic2018_datalist
 from monai_shpeft.data.layout import DATASETS, DatasetLayout, get_layout, register_layout
 from monai_shpeft.data.limuc import LIMUC_CLASSES, LIMUC_LAYOUT, limuc_datalist
@@ -30,6 +36,10 @@ from monai_shpeft.data.pediatric_cxr import (
 from monai_shpeft.data.split import stratified_split
 
 __all__ = [
+    "FEATURE_CACHE_VERSION",
+    "FeatureCacheError",
+    "FrozenFeatureCache",
+    "feature_cache_for",
     "BUSI_CLASSES",
     "BUSI_LAYOUT",
     "CHAOYANG_CLASSES",

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from monai_shpeft.handlers.feature_preload_handler import FeaturePreloadHandler
 from monai_shpeft.handlers.gradient_mask_handler import GradientMaskHandler
 from monai_shpeft.handlers.importance_estimation_handler import ImportanceEstimationHandler
 from monai_shpeft.handlers.prediction_writer_handler import PredictionWriter
 from monai_shpeft.handlers.sparse_set_record_handler import SparseSetRecordHandler
 
-__all__ = ["GradientMaskHandler", "ImportanceEstimationHandler", "PredictionWriter", "SparseSetRecordHandler"]
+__all__ = [
+    "FeaturePreloadHandler",
+    "GradientMaskHandler",
+    "ImportanceEstimationHandler",
+    "PredictionWriter",
+    "SparseSetRecordHandler",
+]

@@ -12,6 +12,7 @@ from monai_shpeft.transforms.channels import ToRGB, ToRGBd
 from monai_shpeft.transforms.errors import ImageReadError, InvalidImageError
 from monai_shpeft.transforms.formats import detect_image_format
 from monai_shpeft.transforms.frames import SelectFrame, SelectFramed
+from monai_shpeft.transforms.frozen_features import LoadFrozenFeatures, LoadFrozenFeaturesd
 from monai_shpeft.transforms.intensity import ScaleToUnitRange, ScaleToUnitRanged
 from monai_shpeft.transforms.load import LoadMedicalImage, LoadMedicalImaged, available_wsi_backend
 from monai_shpeft.transforms.meta import SourceMetaKeys, default_source_meta
@@ -29,6 +30,8 @@ __all__ = [
     "InvalidImageError",
     "InvertMonochrome1",
     "InvertMonochrome1d",
+    "LoadFrozenFeatures",
+    "LoadFrozenFeaturesd",
     "LoadMedicalImage",
     "LoadMedicalImaged",
     "NiftiImageReader",

@@ -1,0 +1,238 @@
+"""Disk cache of FPT's frozen features, so that training never runs the frozen backbone (FPT Sec. 2.5).
+
+The frozen branch sees the un-augmented high-resolution image, so its key/value features of an image never change
+during training: they are computed once (:meth:`FrozenFeatureCache.fill`, with a progress bar) and read back by
+:class:`~monai_shpeft.transforms.LoadFrozenFeaturesd`.
+
+An entry is keyed by the SHA-256 of the preprocessed high-resolution image tensor (so a changed file, a changed
+preprocessing or a changed resolution gives another key) inside a namespace that is the SHA-256 of everything else
+the features depend on: the backbone's name and a hash of all its weights, the token ratio, the feature shape, the
+storage dtype and the cache format version. A stale entry can therefore never be read; it is simply not found.
+Entries are ``.safetensors`` files written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from monai_shpeft.utils import atomic_path, atomic_write_json
+
+__all__ = ["FEATURE_CACHE_VERSION", "FeatureCacheError", "FrozenFeatureCache", "feature_cache_for"]
+
+logger = logging.getLogger(__name__)
+
+FEATURE_CACHE_VERSION = 1
+_DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}
+_TENSOR_NAME = "features"
+
+
+class FeatureCacheError(RuntimeError):
+    """A cache entry is missing when it must exist, or is unreadable; the message names the file or image."""
+
+
+class FrozenFeatureCache:
+    """Content-addressed store of per-image frozen features ``[L, 2, n, D]``.
+
+    The object holds only paths and the namespace, so it pickles cheaply into DataLoader workers.
+
+    Args:
+        cache_dir: root folder; entries live in ``<cache_dir>/<namespace>/<k[:2]>/<k>.safetensors``.
+        identity: everything besides the image the features depend on (see :func:`feature_cache_for`); must include
+            ``"feature_shape"``.
+        dtype: storage dtype, ``"float16"`` (half the disk and I/O; see the README for its effect on the logits),
+            ``"bfloat16"`` or ``"float32"`` (exact).
+
+    Raises:
+        ValueError: on an unknown ``dtype`` or an identity without ``feature_shape``.
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike, identity: Mapping[str, Any], dtype: str = "float16") -> None:
+        if dtype not in _DTYPES:
+            raise ValueError(f"Unknown feature cache dtype {dtype!r}; choose one of {sorted(_DTYPES)}.")
+        if "feature_shape" not in identity:
+            raise ValueError("The cache identity must include 'feature_shape'.")
+        self.dtype_name = dtype
+        self.dtype = _DTYPES[dtype]
+        self.identity = {**identity, "dtype": dtype, "format_version": FEATURE_CACHE_VERSION}
+        self.feature_shape = tuple(int(v) for v in identity["feature_shape"])
+        encoded = json.dumps(self.identity, sort_keys=True, default=str).encode()
+        self.namespace = hashlib.sha256(encoded).hexdigest()[:16]
+        self.root = Path(cache_dir) / self.namespace
+
+    def key(self, image: torch.Tensor) -> str:
+        """Content key of a preprocessed high-resolution image (its float32 values and shape)."""
+        tensor = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
+        tensor = tensor.detach().to("cpu", torch.float32).contiguous()
+        digest = hashlib.sha256(self.namespace.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
+    def path(self, key: str) -> Path:
+        """File of the entry with content key ``key``."""
+        return self.root / key[:2] / f"{key}.safetensors"
+
+    def get(self, image: torch.Tensor) -> torch.Tensor | None:
+        """The stored features of ``image``, or ``None`` when they are not cached.
+
+        Raises:
+            FeatureCacheError: when the entry exists but cannot be read or has the wrong shape.
+        """
+        path = self.path(self.key(image))
+        if not path.is_file():
+            return None
+        try:
+            features = load_file(os.fspath(path))[_TENSOR_NAME]
+        except (SafetensorError, KeyError, OSError) as err:
+            raise FeatureCacheError(
+                f"Feature cache entry '{path}' is unreadable ({err}); delete it and fill the cache again."
+            ) from err
+        if tuple(features.shape) != self.feature_shape:
+            raise FeatureCacheError(
+                f"Feature cache entry '{path}' has shape {tuple(features.shape)}, expected {self.feature_shape}; "
+                "delete it and fill the cache again."
+            )
+        return features
+
+    def put(self, image: torch.Tensor, features: torch.Tensor) -> Path:
+        """Store the features of one image (atomically) and return the entry's file.
+
+        Raises:
+            ValueError: when ``features`` does not have this cache's feature shape.
+        """
+        if tuple(features.shape) != self.feature_shape:
+            raise ValueError(f"features have shape {tuple(features.shape)}, this cache stores {self.feature_shape}.")
+        return self._store(self.key(image), features)
+
+    def _store(self, key: str, features: torch.Tensor) -> Path:
+        path = self.path(key)
+        self._write_manifest()
+        with atomic_path(path) as tmp:
+            tensor = features.detach().to("cpu", self.dtype).contiguous()
+            save_file({_TENSOR_NAME: tensor}, os.fspath(tmp), metadata={"namespace": self.namespace})
+        return path
+
+    def __contains__(self, image: torch.Tensor) -> bool:
+        return self.path(self.key(image)).is_file()
+
+    def num_entries(self) -> int:
+        """Number of entries in this namespace."""
+        return sum(1 for _ in self.root.glob("*/*.safetensors")) if self.root.is_dir() else 0
+
+    def size_bytes(self) -> int:
+        """Disk size of this namespace's entries."""
+        return sum(p.stat().st_size for p in self.root.glob("*/*.safetensors")) if self.root.is_dir() else 0
+
+    def fill(
+        self,
+        data: Sequence[Mapping[str, Any]],
+        transform: Callable[[Any], Any],
+        network: nn.Module,
+        device: str | torch.device | None = None,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        image_key: str = "image",
+        progress: bool = True,
+    ) -> dict[str, float]:
+        """Compute and store the features of every item that is not cached yet.
+
+        Args:
+            data: datalist items (``{"image": path, ...}``).
+            transform: the deterministic preprocessing whose output ``[image_key]`` the frozen backbone reads; it
+                must be the one used before :class:`~monai_shpeft.transforms.LoadFrozenFeaturesd` in training.
+            network: an :class:`~monai_shpeft.networks.FPTNetwork` (DDP wrappers are unwrapped).
+            device: where the frozen backbone runs; by default where its weights are.
+            batch_size: images per backbone call.
+            num_workers: DataLoader workers for the preprocessing.
+            image_key: key of the high-resolution image.
+            progress: show a progress bar.
+
+        Returns:
+            ``{"items": ..., "cached": ..., "computed": ..., "seconds": ...}``.
+        """
+        from monai.data import DataLoader, Dataset
+
+        from monai_shpeft.importance import unwrap
+
+        network = unwrap(network)
+        device = torch.device(device) if device is not None else next(network.parameters()).device
+        loader = DataLoader(Dataset(list(data), transform), batch_size=batch_size, num_workers=num_workers)
+        start = time.perf_counter()
+        cached = computed = 0
+        batches: Any = loader
+        if progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(loader, desc=f"FPT feature preloading ({self.root})", unit="batch")
+        for batch in batches:
+            images = batch[image_key]
+            keys = [self.key(image) for image in images]
+            missing = [i for i, key in enumerate(keys) if not self.path(key).is_file()]
+            cached += len(images) - len(missing)
+            if not missing:
+                continue
+            selected = torch.stack([torch.as_tensor(images[i]) for i in missing]).to(device)
+            with torch.no_grad():
+                features = network.frozen_features(selected)
+            for index, feature in zip(missing, features):
+                self._store(keys[index], feature)
+            computed += len(missing)
+        seconds = time.perf_counter() - start
+        logger.info(
+            "FPT feature cache %s: %d items, %d already cached, %d computed in %.1f s (%d entries, %.1f MB on disk).",
+            self.root,
+            len(data),
+            cached,
+            computed,
+            seconds,
+            self.num_entries(),
+            self.size_bytes() / 1e6,
+        )
+        return {"items": float(len(data)), "cached": float(cached), "computed": float(computed), "seconds": seconds}
+
+    def _write_manifest(self) -> None:
+        manifest = self.root / "manifest.json"
+        if not manifest.is_file():  # a human-readable record of what this namespace holds
+            atomic_write_json(manifest, self.identity)
+
+
+def feature_cache_for(network: nn.Module, cache_dir: str | os.PathLike, dtype: str = "float16") -> FrozenFeatureCache:
+    """The cache of ``network``'s frozen features: its identity is the frozen backbone's name, weights and settings.
+
+    Args:
+        network: an :class:`~monai_shpeft.networks.FPTNetwork` (DDP wrappers are unwrapped).
+        cache_dir: root folder of the cache.
+        dtype: storage dtype (see :class:`FrozenFeatureCache`).
+
+    Returns:
+        the cache.
+
+    Raises:
+        TypeError: when ``network`` has no frozen FPT branch.
+    """
+    from monai_shpeft.importance import unwrap
+
+    network = unwrap(network)
+    extractor = getattr(network, "extractor", None)
+    if extractor is None or not hasattr(extractor, "fingerprint"):
+        raise TypeError(f"{type(network).__name__} has no frozen FPT branch; feature preloading needs an FPTNetwork.")
+    identity = {
+        "backbone": extractor.backbone_name,
+        "weights_sha256": extractor.fingerprint(),
+        "image_size": extractor.image_size,
+        "token_ratio": extractor.token_ratio,
+        "feature_shape": list(extractor.feature_shape),
+    }
+    return FrozenFeatureCache(cache_dir, identity, dtype)

@@ -1,0 +1,89 @@
+"""Ignite handler that fills FPT's frozen-feature cache before training starts."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch.distributed as dist
+from monai.utils import min_version, optional_import
+
+from monai_shpeft.data.feature_cache import FrozenFeatureCache
+from monai_shpeft.distributed import is_distributed
+
+Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+else:
+    Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
+
+__all__ = ["FeaturePreloadHandler"]
+
+logger = logging.getLogger(__name__)
+
+
+class FeaturePreloadHandler:
+    """Fill a :class:`~monai_shpeft.data.FrozenFeatureCache` with the trainer's network on ``STARTED``.
+
+    Items already cached are skipped, so a resumed or repeated run only pays for new images. In a distributed run
+    each rank fills its share of the items and all ranks wait for each other before training.
+
+    Args:
+        cache: the cache the training transforms read (:class:`~monai_shpeft.transforms.LoadFrozenFeaturesd`).
+        data: datalist items to preload (typically training plus validation).
+        transform: the deterministic preprocessing of the high-resolution image, as used before the lookup.
+        batch_size: images per frozen-backbone call.
+        num_workers: DataLoader workers for the preprocessing.
+        image_key: key of the high-resolution image.
+        progress: show a progress bar.
+    """
+
+    def __init__(
+        self,
+        cache: FrozenFeatureCache,
+        data: Sequence[Mapping[str, Any]],
+        transform: Callable[[Any], Any],
+        batch_size: int = 8,
+        num_workers: int = 0,
+        image_key: str = "image",
+        progress: bool = True,
+    ) -> None:
+        self.cache = cache
+        self.data = list(data)
+        self.transform = transform
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.image_key = image_key
+        self.progress = progress
+        self.report: dict[str, float] | None = None
+
+    def attach(self, engine: Engine) -> None:
+        """Register the fill on ``Events.STARTED``.
+
+        Args:
+            engine: the trainer.
+        """
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        """Fill the cache with ``engine.network`` on ``engine.state.device``.
+
+        Args:
+            engine: the trainer.
+        """
+        items = self.data
+        if is_distributed():
+            items = items[dist.get_rank() :: dist.get_world_size()]
+        self.report = self.cache.fill(
+            items,
+            self.transform,
+            engine.network,
+            device=engine.state.device,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            image_key=self.image_key,
+            progress=self.progress,
+        )
+        if is_distributed():
+            dist.barrier()

@@ -1,0 +1,83 @@
+"""Read FPT's preloaded frozen features in place of the high-resolution image."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform, Transform
+
+from monai_shpeft.data.feature_cache import FeatureCacheError, FrozenFeatureCache
+
+__all__ = ["LoadFrozenFeatures", "LoadFrozenFeaturesd"]
+
+
+class LoadFrozenFeatures(Transform):
+    """Replace a preprocessed high-resolution image by its cached frozen features ``[L, 2, n, D]``.
+
+    The image must be exactly the tensor the cache was filled from (same file, same deterministic preprocessing);
+    any difference gives another content key and therefore a miss, never stale features.
+
+    Args:
+        cache: the filled cache.
+
+    Raises:
+        FeatureCacheError: (when called) when the image's features are not in the cache.
+    """
+
+    def __init__(self, cache: FrozenFeatureCache) -> None:
+        self.cache = cache
+
+    def __call__(self, img: torch.Tensor, source: str | None = None) -> torch.Tensor:
+        """Look the image up.
+
+        Args:
+            img: the preprocessed high-resolution image.
+            source: the image's file, named in the error on a miss.
+
+        Returns:
+            the cached features, in the cache's storage dtype.
+        """
+        features = self.cache.get(img)
+        if features is None:
+            where = f"'{source}'" if source else "an image"
+            raise FeatureCacheError(
+                f"No preloaded FPT features for {where} in '{self.cache.root}' (key {self.cache.key(img)[:12]}): "
+                "the cache was not filled for this image or these settings. Fill it first (FeaturePreloadHandler, "
+                "or FrozenFeatureCache.fill with the same preprocessing), or train without preloading."
+            )
+        return features
+
+
+class LoadFrozenFeaturesd(MapTransform):
+    """Dictionary version of :class:`LoadFrozenFeatures`.
+
+    Args:
+        keys: keys of the high-resolution images to replace by their features.
+        cache: the filled cache.
+        source_key: item key holding the image's file (named in errors); the image's meta data is used otherwise.
+        allow_missing_keys: don't raise when a key is absent.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        cache: FrozenFeatureCache,
+        source_key: str | None = "image_path",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.loader = LoadFrozenFeatures(cache)
+        self.source_key = source_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            source = d.get(self.source_key) if self.source_key else None
+            if source is None:
+                meta = getattr(d[key], "meta", {}) or {}
+                source = meta.get("filename_or_obj")
+            d[key] = self.loader(d[key], source=None if source is None else str(source))
+        return d
