@@ -310,10 +310,14 @@ def parameter_groups(model: nn.Module, head_lr: float | None = None) -> list[dic
         head_lr: learning rate of the head; ``None`` keeps the optimizer's for every parameter.
 
     Returns:
-        ``[{"params": backbone, "name": "backbone"}, {"params": head, "lr": head_lr, "name": "head"}]``.
+        ``[{"params": backbone, "name": "backbone"}, {"params": head, "lr": head_lr, "name": "head"}]``; for a model
+        without a backbone/head pair (an FPT network), one group of its trainable parameters,
+        ``[{"params": trainable, "name": "trainable"}]``.
     """
     while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
         model = model.module
+    if not isinstance(getattr(model, "backbone", None), nn.Module):
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "name": "trainable"}]
     backbone = {"params": list(model.backbone.parameters()), "name": "backbone"}
     head = {"params": list(model.head.parameters()), "name": "head"}
     if head_lr is not None:

@@ -62,10 +62,12 @@ def main_process_only(handlers: Sequence[Any], shared: int) -> list[Any]:
     ones that every rank needs (importance estimation, gradient mask, schedulers, validation).
 
     Args:
-        handlers: the full handler list.
+        handlers: the full handler list; ``None`` entries (components a bundle disabled for the chosen method) are
+            dropped after the split, so ``shared`` counts positions in the full list.
         shared: how many leading handlers every rank runs.
 
     Returns:
         the handlers for this process.
     """
-    return list(handlers) if is_main_process() else list(handlers)[:shared]
+    selected = list(handlers) if is_main_process() else list(handlers)[:shared]
+    return [handler for handler in selected if handler is not None]

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 from monai.config import KeysCollection
-from monai.transforms import MapTransform, Transform
+from monai.transforms import MapTransform, RandomizableTrait, Transform
 
 from monai_shpeft.data.feature_cache import FeatureCacheError, FrozenFeatureCache
 
@@ -51,8 +51,12 @@ class LoadFrozenFeatures(Transform):
         return features
 
 
-class LoadFrozenFeaturesd(MapTransform):
+class LoadFrozenFeaturesd(MapTransform, RandomizableTrait):
     """Dictionary version of :class:`LoadFrozenFeatures`.
+
+    It carries MONAI's ``RandomizableTrait`` (it is not random) because that trait is how ``CacheDataset`` and
+    ``PersistentDataset`` know to stop caching: the feature cache is filled when training starts, after those datasets
+    are built, and is itself the persistent store, so this lookup must run on every access.
 
     Args:
         keys: keys of the high-resolution images to replace by their features.

@@ -1,0 +1,160 @@
+"""FPT through the bundles: `--method fpt` trains, preloads, evaluates and predicts with real `python -m monai.bundle`
+subprocesses, on a tiny BUSI-layout folder and on the FPT paper's four datasets in their published layouts."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.dataset_writers import write_covid_cxr, write_ddsm, write_isic2018, write_messidor2
+from tests.helpers import TINY_BUNDLE_ARGS, copy_bundles, monai_bundle, run_command, write_busi_folder
+
+BUNDLE = "bundles/busi"
+TRAIN = f"{BUNDLE}/configs/train.json"
+#: the tiny backbone at 56 px for the frozen branch and 28 px for the side network
+FPT_ARGS = ("--method", "fpt", "--fpt_image_size", "56", "--fpt_side_image_size", "28")
+
+
+def _train(work: Path, bundle: str, dataset_dir: str, *extra: str) -> str:
+    return run_command(
+        monai_bundle(
+            "run",
+            "--config_file",
+            f"{bundle}/configs/train.json",
+            "--dataset_dir",
+            dataset_dir,
+            *TINY_BUNDLE_ARGS,
+            *FPT_ARGS,
+            *extra,
+        ),
+        cwd=work,
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """Two FPT epochs with feature preloading on a tiny BUSI folder; returns the work folder and the log."""
+    work = copy_bundles(tmp_path_factory.mktemp("fpt"))
+    write_busi_folder(work / "busi", per_class=10)
+    return work, _train(work, BUNDLE, "busi", "--max_epochs", "2")
+
+
+def _cache_entries(work: Path) -> list[Path]:
+    return sorted((work / BUNDLE / "runs" / "feature_cache").glob("*/*/*.safetensors"))
+
+
+def test_training_preloads_train_and_validation_features_and_keys_on_auc(trained: tuple[Path, str]) -> None:
+    work, log = trained
+    split = json.loads((work / BUNDLE / "runs" / "datalist.json").read_text())
+    assert len(_cache_entries(work)) == len(split["training"]) + len(split["validation"])
+    manifest = next((work / BUNDLE / "runs" / "feature_cache").glob("*/manifest.json"))
+    identity = json.loads(manifest.read_text())
+    assert identity["backbone"] == "timm:vit_small_patch14_dinov2" and identity["token_ratio"] == 0.2
+    assert identity["dtype"] == "float16" and identity["image_size"] == 56
+    assert "Key metric: val_auc" in log  # AUC, FPT's metric, picks the checkpoint
+    assert "sparse_trainable_set" not in json.loads((work / BUNDLE / "configs" / "metadata.json").read_text())
+
+    state = torch.load(work / BUNDLE / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert any(k.startswith("extractor.backbone.") for k in state)
+    assert any(k.startswith("fusion.prompts") for k in state) and "head.weight" in state
+
+
+def test_a_second_run_reuses_the_cache(trained: tuple[Path, str]) -> None:
+    work, _ = trained
+    before = {p: p.stat().st_mtime_ns for p in _cache_entries(work)}
+    log = _train(work, BUNDLE, "busi", "--max_epochs", "1")
+    assert "0 computed" in log
+    assert {p: p.stat().st_mtime_ns for p in _cache_entries(work)} == before
+
+
+def test_evaluate_and_inference_run_the_frozen_branch(trained: tuple[Path, str]) -> None:
+    work, _ = trained
+    run_command(
+        monai_bundle(
+            "run",
+            "--config_file",
+            f"['{TRAIN}','{BUNDLE}/configs/evaluate.json']",
+            "--dataset_dir",
+            "busi",
+            *TINY_BUNDLE_ARGS,
+            *FPT_ARGS,
+        ),
+        cwd=work,
+    )
+    metrics = dict(csv.reader((work / BUNDLE / "runs" / "eval" / "metrics.csv").open()))
+    assert 0.0 <= float(metrics["test_auc"]) <= 1.0
+
+    run_command(
+        monai_bundle(
+            "run",
+            "--config_file",
+            f"{BUNDLE}/configs/inference.json",
+            "--input_dir",
+            "busi/benign",
+            *TINY_BUNDLE_ARGS,
+            *FPT_ARGS,
+        ),
+        cwd=work,
+    )
+    rows = list(csv.DictReader((work / BUNDLE / "runs" / "predictions.csv").open()))
+    assert len(rows) == 10
+    assert all(abs(sum(float(r[f"p_{c}"]) for c in ("benign", "malignant", "normal")) - 1) < 1e-4 for r in rows)
+
+
+def test_verify_net_in_out_with_a_single_high_resolution_image(tmp_path: Path) -> None:
+    """The metadata's 3 x 224 x 224 input alone: the network makes the side network's copy itself."""
+    work = copy_bundles(tmp_path)
+    output = run_command(
+        monai_bundle(
+            "verify_net_in_out",
+            "network_def",
+            "--meta_file",
+            f"{BUNDLE}/configs/metadata.json",
+            "--config_file",
+            f"{BUNDLE}/configs/inference.json",
+            "--backbone",
+            "timm:vit_small_patch14_dinov2",
+            "--tiny_backbone",
+            "True",
+            "--method",
+            "fpt",
+            "--fpt_image_size",
+            "224",
+            "--fpt_side_image_size",
+            "112",
+        ),
+        cwd=work,
+    )
+    assert "data shape of network is verified with no error" in output
+
+
+def test_without_preloading_no_cache_is_written(tmp_path: Path) -> None:
+    work = copy_bundles(tmp_path)
+    write_busi_folder(work / "busi", per_class=10)
+    log = _train(work, BUNDLE, "busi", "--max_epochs", "1", "--preload_features", "False")
+    assert not (work / BUNDLE / "runs" / "feature_cache").exists()
+    assert "Key metric: val_auc" in log
+
+
+#: the FPT paper's datasets: bundle -> writer of a tiny copy in the published layout, returning --dataset_dir
+FPT_PAPER_BUNDLES: dict[str, Callable[[Path], Path]] = {
+    "messidor2": lambda root: write_messidor2(root, per_grade=10),
+    "isic2018": lambda root: write_isic2018(root, {"Training": 2, "Validation": 1, "Test": 1}),
+    "ddsm": lambda root: write_ddsm(root, train_patients=5, test_patients=2),
+    "covid_cxr": lambda root: write_covid_cxr(root, per_class=10),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FPT_PAPER_BUNDLES))
+def test_fpt_paper_bundles_train_with_preloading(name: str, tmp_path: Path) -> None:
+    work = copy_bundles(tmp_path, names=(name,))
+    dataset_dir = FPT_PAPER_BUNDLES[name](work / "data")
+    log = _train(work, f"bundles/{name}", str(dataset_dir.relative_to(work)), "--max_epochs", "1")
+    assert "Key metric: val_auc" in log
+    assert (work / "bundles" / name / "models" / "model.pt").is_file()
+    assert list((work / "bundles" / name / "runs" / "feature_cache").glob("*/*/*.safetensors"))
