@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -158,3 +160,40 @@ def test_fpt_paper_bundles_train_with_preloading(name: str, tmp_path: Path) -> N
     assert "Key metric: val_auc" in log
     assert (work / "bundles" / name / "models" / "model.pt").is_file()
     assert list((work / "bundles" / name / "runs" / "feature_cache").glob("*/*/*.safetensors"))
+
+
+def test_two_process_gloo_training_shares_the_preloaded_cache(tmp_path: Path) -> None:
+    """Each rank preloads its share of the items; after the barrier both ranks train on the whole cache."""
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    assert torchrun, "torchrun is installed with torch"
+    work = copy_bundles(tmp_path)
+    write_busi_folder(work / "busi", per_class=8)
+    output = run_command(
+        [
+            torchrun,
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29523",
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            f"['{TRAIN}','{BUNDLE}/configs/multi_gpu_train.json']",
+            "--dataset_dir",
+            "busi",
+            "--max_epochs",
+            "1",
+            *TINY_BUNDLE_ARGS,
+            *FPT_ARGS,
+        ],
+        cwd=work,
+    )
+    split = json.loads((work / BUNDLE / "runs" / "datalist.json").read_text())
+    total = len(split["training"]) + len(split["validation"])
+    assert len(_cache_entries(work)) == total
+    computed = [
+        int(line.split(" computed")[0].rsplit(" ", 1)[1]) for line in output.splitlines() if " computed in " in line
+    ]
+    assert len(computed) == 2 and sum(computed) == total  # each rank filled its own share, nothing twice
+    assert (work / BUNDLE / "models" / "model.pt").is_file()
