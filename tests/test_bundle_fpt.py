@@ -197,3 +197,40 @@ def test_two_process_gloo_training_shares_the_preloaded_cache(tmp_path: Path) ->
     ]
     assert len(computed) == 2 and sum(computed) == total  # each rank filled its own share, nothing twice
     assert (work / BUNDLE / "models" / "model.pt").is_file()
+
+
+def test_traced_export_matches_the_trained_network(trained: tuple[Path, str]) -> None:
+    """FPT's attention hooks rule out scripting; `ckpt_export --use_trace` gives a TorchScript file that agrees."""
+    work, _ = trained
+    run_command(
+        monai_bundle(
+            "ckpt_export",
+            "network_def",
+            "--filepath",
+            f"{BUNDLE}/models/model.ts",
+            "--ckpt_file",
+            f"{BUNDLE}/models/model.pt",
+            "--meta_file",
+            f"{BUNDLE}/configs/metadata.json",
+            "--config_file",
+            f"{BUNDLE}/configs/inference.json",
+            "--backbone",
+            "timm:vit_small_patch14_dinov2",
+            "--tiny_backbone",
+            "True",
+            *FPT_ARGS,
+            "--use_trace",
+            "True",
+            "--input_shape",
+            "[1,3,56,56]",
+        ),
+        cwd=work,
+    )
+    from monai_shpeft.networks import build_fpt
+
+    network = build_fpt("timm:vit_small_patch14_dinov2", 3, image_size=56, side_image_size=28, tiny=True)
+    network.load_state_dict(torch.load(work / BUNDLE / "models" / "model.pt", map_location="cpu", weights_only=True))
+    network.eval()
+    traced = torch.jit.load(str(work / BUNDLE / "models" / "model.ts"))
+    image = torch.rand(3, 3, 56, 56)  # another batch size than the trace's
+    torch.testing.assert_close(traced(image), network(image))

@@ -10,7 +10,6 @@ receives; only the keys and values of the top ``token_ratio`` tokens are kept. T
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -63,10 +62,12 @@ class FrozenFeatureExtractor(nn.Module):
         self.num_selected = num_selected_tokens(self.num_tokens, self.token_ratio)
         for param in self.backbone.parameters():
             param.requires_grad_(False)
-        self._collected: list[torch.Tensor] | None = None
-        self._fingerprint: str | None = None
+        self._collector = _Collector(self.token_ratio)
         for layer in attention_layers:
-            layer.register_forward_pre_hook(self._make_hook(layer), with_kwargs=True)
+            # The hook is a module-level function that finds its collector on the layer, not a closure over this
+            # extractor: a deep copy of the network (EMA / SWA models, copy.deepcopy) then collects into its own copy.
+            layer._fpt_collector = self._collector
+            layer.register_forward_pre_hook(_collect_key_values, with_kwargs=True)
         self.backbone.eval()
 
     @property
@@ -97,44 +98,49 @@ class FrozenFeatureExtractor(nn.Module):
                 f"The frozen backbone {self.backbone_name} expects images [B, C, {self.image_size}, "
                 f"{self.image_size}], got {tuple(image.shape)}."
             )
-        self._collected = []
+        self._collector.features = []
         try:
             with torch.no_grad():
                 self.backbone(image)
-            features = torch.stack(self._collected, dim=1)
+            features = torch.stack(self._collector.features, dim=1)
         finally:
-            self._collected = None
+            self._collector.features = None
         return features
 
     def fingerprint(self) -> str:
         """SHA-256 of the backbone's name and every tensor of its state dict (names, shapes, dtypes, values).
 
-        Cached after the first call: the backbone is frozen, so its weights never change.
+        Computed afresh on every call (about a second for ViT-B), so weights loaded after the network was built,
+        e.g. from a checkpoint, are always what the feature cache's identity describes.
         """
-        if self._fingerprint is None:
-            digest = hashlib.sha256(self.backbone_name.encode())
-            for name, tensor in self.backbone.state_dict().items():
-                digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-                digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-            self._fingerprint = digest.hexdigest()
-        return self._fingerprint
+        digest = hashlib.sha256(self.backbone_name.encode())
+        for name, tensor in self.backbone.state_dict().items():
+            digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
 
-    def _make_hook(self, layer: nn.Module) -> Callable[..., None]:
-        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            if self._collected is None:  # the backbone is being used on its own
-                return
-            tokens = args[0] if args else kwargs.get("x", kwargs.get("query"))
-            query, key, value, scale = _project(module, tokens)
-            scores = attention_received(query, key, scale)
-            index = select_important_tokens(scores, self.token_ratio)
-            batch, heads, _, head_dim = key.shape
-            gather = index[:, None, :, None].expand(batch, heads, index.shape[1], head_dim)
-            selected = [
-                torch.gather(t, 2, gather).transpose(1, 2).reshape(batch, -1, heads * head_dim) for t in (key, value)
-            ]
-            self._collected.append(torch.stack(selected, dim=1))
 
-        return hook
+class _Collector:
+    """What the attention hooks of one extractor share: its token ratio and, during its forward, the features."""
+
+    def __init__(self, token_ratio: float) -> None:
+        self.token_ratio = token_ratio
+        self.features: list[torch.Tensor] | None = None
+
+
+def _collect_key_values(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Forward pre-hook of an attention layer: keep the keys/values of its important tokens."""
+    collector = getattr(module, "_fpt_collector", None)
+    if collector is None or collector.features is None:  # the backbone is being used on its own
+        return
+    tokens = args[0] if args else kwargs.get("x", kwargs.get("query"))
+    query, key, value, scale = _project(module, tokens)
+    scores = attention_received(query, key, scale)
+    index = select_important_tokens(scores, collector.token_ratio)
+    batch, heads, _, head_dim = key.shape
+    gather = index[:, None, :, None].expand(batch, heads, index.shape[1], head_dim)
+    selected = [torch.gather(t, 2, gather).transpose(1, 2).reshape(batch, -1, heads * head_dim) for t in (key, value)]
+    collector.features.append(torch.stack(selected, dim=1))
 
 
 def _attention_layers(backbone: nn.Module) -> list[nn.Module]:
