@@ -120,7 +120,7 @@ class FPTNetwork(nn.Module):
                 )
             if image_lr is None:
                 raise ValueError("Preloaded frozen features need the low-resolution image 'image_lr' as well.")
-            features = image.to(self.head.weight.dtype)
+            features = image  # stays in its storage dtype (float16 from the cache); cast one layer at a time below
         else:
             features = self.extractor(image)
             if image_lr is None:
@@ -130,7 +130,7 @@ class FPTNetwork(nn.Module):
         tokens = self.side.embed(image_lr)
         length = tokens.shape[1]
         for layer, block in enumerate(self.side.blocks):
-            prompts = self.fusion(features[:, layer], layer)
+            prompts = self.fusion(features[:, layer].to(self.head.weight.dtype), layer)
             tokens = block(torch.cat([tokens, prompts], dim=1))[:, :length]
         return self.head(self.side.norm(tokens)[:, 0])
 
