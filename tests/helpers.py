@@ -103,6 +103,16 @@ def monai_bundle(verb: str, *args: str) -> list[str]:
     return [sys.executable, "-m", "monai.bundle", verb, *args]
 
 
+def torchrun_bundle(nproc: int, port: int, *args: str) -> list[str]:
+    """The command line ``torchrun --nproc_per_node N --master_port P -m monai.bundle run <args...>``."""
+    import shutil
+    import sys
+
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    assert torchrun, "torchrun is installed with torch"
+    return [torchrun, "--nproc_per_node", str(nproc), "--master_port", str(port), "-m", "monai.bundle", "run", *args]
+
+
 def run_command(args: Sequence[str], cwd: Path, timeout: int = 600, tail: int = 4000) -> str:
     """Run a real subprocess; fail the test with the end of its output when it exits non-zero."""
     import os

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +11,14 @@ import torch
 
 from monai_shpeft.sparse_set import SparseTrainableSet
 from monai_shpeft.utils import sha256_of_file
-from tests.helpers import TINY_BUNDLE_ARGS, copy_bundles, monai_bundle, run_command, write_busi_folder
+from tests.helpers import (
+    TINY_BUNDLE_ARGS,
+    copy_bundles,
+    monai_bundle,
+    run_command,
+    torchrun_bundle,
+    write_busi_folder,
+)
 
 BUNDLE = "bundles/busi"
 TRAIN = f"{BUNDLE}/configs/train.json"
@@ -188,28 +193,13 @@ def test_verify_metadata_rejects_a_broken_record(tmp_path: Path) -> None:
 
 
 def test_two_process_gloo_training(tmp_path: Path) -> None:
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
-    assert torchrun, "torchrun is installed with torch"
     work = copy_bundles(tmp_path)
     write_busi_folder(work / "busi", per_class=8)
+    multi = f"['{TRAIN}','{BUNDLE}/configs/multi_gpu_train.json']"
     output = run_command(
-        [
-            torchrun,
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            "29517",
-            "-m",
-            "monai.bundle",
-            "run",
-            "--config_file",
-            f"['{TRAIN}','{BUNDLE}/configs/multi_gpu_train.json']",
-            "--dataset_dir",
-            "busi",
-            "--max_epochs",
-            "1",
-            *TINY_BUNDLE_ARGS,
-        ],
+        torchrun_bundle(
+            2, 29517, "--config_file", multi, "--dataset_dir", "busi", "--max_epochs", "1", *TINY_BUNDLE_ARGS
+        ),
         cwd=work,
     )
     trainable_set = SparseTrainableSet.load(work / BUNDLE / "models" / "sparse_trainable_set.safetensors")

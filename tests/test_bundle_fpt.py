@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,12 +12,30 @@ import pytest
 import torch
 
 from tests.dataset_writers import write_covid_cxr, write_ddsm, write_isic2018, write_messidor2
-from tests.helpers import TINY_BUNDLE_ARGS, copy_bundles, monai_bundle, run_command, write_busi_folder
+from tests.helpers import (
+    TINY_BUNDLE_ARGS,
+    copy_bundles,
+    monai_bundle,
+    run_command,
+    torchrun_bundle,
+    write_busi_folder,
+)
 
 BUNDLE = "bundles/busi"
 TRAIN = f"{BUNDLE}/configs/train.json"
 #: the tiny backbone at 56 px for the frozen branch and 28 px for the side network
 FPT_ARGS = ("--method", "fpt", "--fpt_image_size", "56", "--fpt_side_image_size", "28")
+#: the bundle's metadata and inference config with the tiny backbone, as the model-zoo commands take them
+ZOO_ARGS = (
+    "--meta_file",
+    f"{BUNDLE}/configs/metadata.json",
+    "--config_file",
+    f"{BUNDLE}/configs/inference.json",
+    "--backbone",
+    "timm:vit_small_patch14_dinov2",
+    "--tiny_backbone",
+    "True",
+)
 
 
 def _train(work: Path, bundle: str, dataset_dir: str, *extra: str) -> str:
@@ -115,14 +131,7 @@ def test_verify_net_in_out_with_a_single_high_resolution_image(tmp_path: Path) -
         monai_bundle(
             "verify_net_in_out",
             "network_def",
-            "--meta_file",
-            f"{BUNDLE}/configs/metadata.json",
-            "--config_file",
-            f"{BUNDLE}/configs/inference.json",
-            "--backbone",
-            "timm:vit_small_patch14_dinov2",
-            "--tiny_backbone",
-            "True",
+            *ZOO_ARGS,
             "--method",
             "fpt",
             "--fpt_image_size",
@@ -164,29 +173,13 @@ def test_fpt_paper_bundles_train_with_preloading(name: str, tmp_path: Path) -> N
 
 def test_two_process_gloo_training_shares_the_preloaded_cache(tmp_path: Path) -> None:
     """Each rank preloads its share of the items; after the barrier both ranks train on the whole cache."""
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
-    assert torchrun, "torchrun is installed with torch"
     work = copy_bundles(tmp_path)
     write_busi_folder(work / "busi", per_class=8)
+    multi = f"['{TRAIN}','{BUNDLE}/configs/multi_gpu_train.json']"
     output = run_command(
-        [
-            torchrun,
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            "29523",
-            "-m",
-            "monai.bundle",
-            "run",
-            "--config_file",
-            f"['{TRAIN}','{BUNDLE}/configs/multi_gpu_train.json']",
-            "--dataset_dir",
-            "busi",
-            "--max_epochs",
-            "1",
-            *TINY_BUNDLE_ARGS,
-            *FPT_ARGS,
-        ],
+        torchrun_bundle(
+            2, 29523, "--config_file", multi, "--dataset_dir", "busi", "--max_epochs", "1", *TINY_BUNDLE_ARGS, *FPT_ARGS
+        ),
         cwd=work,
     )
     split = json.loads((work / BUNDLE / "runs" / "datalist.json").read_text())
@@ -210,14 +203,7 @@ def test_traced_export_matches_the_trained_network(trained: tuple[Path, str]) ->
             f"{BUNDLE}/models/model.ts",
             "--ckpt_file",
             f"{BUNDLE}/models/model.pt",
-            "--meta_file",
-            f"{BUNDLE}/configs/metadata.json",
-            "--config_file",
-            f"{BUNDLE}/configs/inference.json",
-            "--backbone",
-            "timm:vit_small_patch14_dinov2",
-            "--tiny_backbone",
-            "True",
+            *ZOO_ARGS,
             *FPT_ARGS,
             "--use_trace",
             "True",
