@@ -490,7 +490,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 handler(engine)
 
             def after_step():  # IterationEvents.MODEL_COMPLETED
-                handler._restore_frozen_entries(engine)
+                handler.restore_frozen_entries(engine)
 
             trainable = trainable_set.num_selected + head_params
             extra = {
@@ -499,7 +499,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 "backbone_weights": trainable_set.num_total,
                 "tensors_with_trainable_entries": len(trainable_set.trainable_names()),
                 "tensors_in_scope": len(trainable_set.shapes),
-                "frozen_entries_restored_after_step": bool(handler._references),
+                "frozen_entries_restored_after_step": handler.restores_frozen_entries,
                 "estimation_seconds": estimation_seconds,
                 "estimation_batches": 1,
             }

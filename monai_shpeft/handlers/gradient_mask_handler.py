@@ -80,7 +80,7 @@ class GradientMaskHandler:
         engine.add_event_handler(Events.STARTED, self._on_started)
         engine.add_event_handler(Events.ITERATION_STARTED, self._on_iteration_started)
         engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self)
-        engine.add_event_handler(IterationEvents.MODEL_COMPLETED, self._restore_frozen_entries)
+        engine.add_event_handler(IterationEvents.MODEL_COMPLETED, self.restore_frozen_entries)
 
     @property
     def active_set(self) -> SparseTrainableSet | None:
@@ -164,7 +164,19 @@ class GradientMaskHandler:
                 if param.grad is not None:
                     param.grad.masked_fill_(frozen, 0.0)
 
-    def _restore_frozen_entries(self, engine: Engine) -> None:
+    @property
+    def restores_frozen_entries(self) -> bool:
+        """Whether frozen entries are written back after each step (the optimizer applies weight decay)."""
+        return bool(self._references)
+
+    def restore_frozen_entries(self, engine: Engine) -> None:
+        """Write the frozen entries back after the optimizer step (runs on ``MODEL_COMPLETED``).
+
+        Decoupled weight decay moves a weight even when its gradient is zero; this undoes it for frozen entries.
+
+        Args:
+            engine: the trainer.
+        """
         if not self._references:
             return
         with torch.no_grad():
