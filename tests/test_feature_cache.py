@@ -81,7 +81,7 @@ def test_float32_entries_are_exactly_the_frozen_features(tmp_path: Path) -> None
     cache.fill(items, preprocessing(), network, batch_size=4, progress=False)
     images = preprocessed(items)
     expected = network.frozen_features(images)  # the same batch as the fill
-    cached = torch.stack([cache.get(image) for image in images])
+    cached = torch.stack([cache.get(image, item["image_path"]) for image, item in zip(images, items)])
     assert cached.dtype == torch.float32
     assert torch.equal(cached, expected)
     with torch.no_grad():
@@ -97,7 +97,7 @@ def test_float16_entries_are_close_and_barely_move_the_logits(tmp_path: Path) ->
     cache.fill(items, preprocessing(), network, batch_size=4, progress=False)
     images = preprocessed(items)
     expected = network.frozen_features(images)
-    cached = torch.stack([cache.get(image) for image in images])
+    cached = torch.stack([cache.get(image, item["image_path"]) for image, item in zip(images, items)])
     assert cached.dtype == torch.float16
     torch.testing.assert_close(cached.float(), expected, atol=1e-2, rtol=1e-3)
     assert torch.equal(cached, expected.half())
@@ -106,17 +106,40 @@ def test_float16_entries_are_close_and_barely_move_the_logits(tmp_path: Path) ->
     assert difference < 1e-3
 
 
-def test_a_changed_image_misses(tmp_path: Path) -> None:
+def test_a_changed_file_misses_and_the_same_file_hits_whatever_its_last_bits(tmp_path: Path) -> None:
+    """Entries are keyed by the source file's bytes: a rewritten file misses; the same file hits even when its
+    preprocessing ran elsewhere and differs in the last bits (a real BUSI run hit that with a tensor key)."""
     network = tiny_fpt()
     items = png_items(tmp_path / "images", count=2)
-    cache = feature_cache_for(network, tmp_path / "cache")
+    cache = feature_cache_for(network, tmp_path / "cache", preprocessing=preprocessing().transforms)
     cache.fill(items, preprocessing(), network, progress=False)
-    image = preprocessed(items)[0]
-    assert cache.get(image) is not None and image in cache
+    image, source = preprocessed(items)[0], items[0]["image_path"]
+    assert cache.get(image, source) is not None
+    assert cache.get(image + 1e-7, source) is not None  # one-ulp preprocessing noise: same file, same entry
+    write_png(Path(source), size=40, value=250)  # the file changes on disk
+    assert cache.get(image, source) is None
+
+    # without a file, the values are the key: any change misses
+    assert cache.get(image) is None and image not in cache
+    cache.put(image, network.frozen_features(image[None])[0])
+    assert image in cache and cache.get(image) is not None
     changed = image.clone()
     changed[0, 10, 10] += 1 / 255
     assert cache.get(changed) is None and changed not in cache
-    assert cache.get(preprocessed(items, image_size=70)[0]) is None  # another preprocessing, another key
+
+
+def test_another_preprocessing_is_another_namespace(tmp_path: Path) -> None:
+    network = tiny_fpt()
+    cache = feature_cache_for(network, tmp_path / "cache", preprocessing=preprocessing().transforms)
+    again = feature_cache_for(network, tmp_path / "cache", preprocessing=preprocessing().transforms)
+    assert again.namespace == cache.namespace
+    other_size = Compose([LoadImaged("image"), ScaleIntensityd("image"), Resized("image", (SIZE, SIZE + 2))])
+    other_scaling = Compose([LoadImaged("image"), ScaleIntensityd("image", minv=-1.0), Resized("image", (SIZE, SIZE))])
+    for other in (other_size, other_scaling):
+        assert (
+            feature_cache_for(network, tmp_path / "cache", preprocessing=other.transforms).namespace != cache.namespace
+        )
+    assert feature_cache_for(network, tmp_path / "cache").namespace != cache.namespace
 
 
 @pytest.mark.parametrize("change", ["token_ratio", "token_ratio_same_shape", "weight", "dtype", "image_size"])
@@ -126,9 +149,9 @@ def test_settings_that_change_the_features_change_the_namespace(tmp_path: Path, 
     items = png_items(tmp_path / "images", count=2)
     cache = feature_cache_for(network, tmp_path / "cache")
     cache.fill(items, preprocessing(), network, progress=False)
-    image = preprocessed(items)[0]
+    image, source = preprocessed(items)[0], items[0]["image_path"]
     same = feature_cache_for(tiny_fpt(), tmp_path / "cache")  # rebuilt identically: same namespace, found
-    assert same.root == cache.root and same.get(image) is not None
+    assert same.root == cache.root and same.get(image, source) is not None
 
     if change == "token_ratio":
         other = feature_cache_for(tiny_fpt(token_ratio=0.5), tmp_path / "cache")
@@ -146,8 +169,8 @@ def test_settings_that_change_the_features_change_the_namespace(tmp_path: Path, 
     else:
         other = feature_cache_for(tiny_fpt(image_size=70), tmp_path / "cache")
     assert other.namespace != cache.namespace and other.root != cache.root
-    assert other.get(image) is None and other.num_entries() == 0
-    assert cache.get(image) is not None  # the old entries stay where they were
+    assert other.get(image, source) is None and other.num_entries() == 0
+    assert cache.get(image, source) is not None  # the old entries stay where they were
 
 
 @pytest.mark.parametrize("garbage", ["short", "random", "truncated", "bad_header"])
@@ -156,8 +179,8 @@ def test_a_corrupted_entry_is_an_error_naming_the_file(tmp_path: Path, garbage: 
     items = png_items(tmp_path / "images", count=1)
     cache = feature_cache_for(network, tmp_path / "cache")
     cache.fill(items, preprocessing(), network, progress=False)
-    image = preprocessed(items)[0]
-    path = cache.path(cache.key(image))
+    image, source = preprocessed(items)[0], items[0]["image_path"]
+    path = cache.path(cache.key(image, source))
     valid = path.read_bytes()
     contents = {
         "short": b"x",
@@ -167,7 +190,7 @@ def test_a_corrupted_entry_is_an_error_naming_the_file(tmp_path: Path, garbage: 
     }[garbage]
     path.write_bytes(contents)
     with pytest.raises(FeatureCacheError, match=re.escape(f"'{path}' is unreadable")):
-        cache.get(image)
+        cache.get(image, source)
 
 
 def test_an_entry_of_the_wrong_shape_is_an_error(tmp_path: Path) -> None:
@@ -220,7 +243,7 @@ def test_load_frozen_features_transforms(tmp_path: Path) -> None:
     for item, image in zip(items, preprocessed(items)):
         out = pipeline(dict(item))
         assert out["label"] == item["label"]
-        assert torch.equal(out["image"], cache.get(image))
+        assert torch.equal(out["image"], cache.get(image, item["image_path"]))
 
     unseen = png_items(tmp_path / "unseen", count=1, first_value=220)[0]
     with pytest.raises(FeatureCacheError, match=re.escape(f"No preloaded FPT features for '{unseen['image_path']}'")):
@@ -241,7 +264,7 @@ def test_cache_pickles_without_the_network(tmp_path: Path) -> None:
     assert len(payload) < 2_000  # paths and the identity only, no weights
     assert b"torch.nn" not in payload and b"FPTNetwork" not in payload
     restored = pickle.loads(payload)
-    image = preprocessed(items)[0]
-    assert restored.root == cache.root and torch.equal(restored.get(image), cache.get(image))
+    image, source = preprocessed(items)[0], items[0]["image_path"]
+    assert restored.root == cache.root and torch.equal(restored.get(image, source), cache.get(image, source))
     transform = pickle.loads(pickle.dumps(LoadFrozenFeaturesd(keys="image", cache=cache)))
-    assert torch.equal(transform({"image": image})["image"], cache.get(image))
+    assert torch.equal(transform({"image": image, "image_path": source})["image"], cache.get(image, source))

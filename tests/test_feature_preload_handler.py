@@ -11,6 +11,7 @@ from monai.engines import PrepareBatchExtraInput, SupervisedTrainer
 from monai.transforms import Compose, EnsureTyped, RandFlipd, ScaleIntensityd
 
 from monai_shpeft.data import FeatureCacheError, FrozenFeatureCache, feature_cache_for
+from monai_shpeft.data.feature_cache import item_source
 from monai_shpeft.handlers import FeaturePreloadHandler
 from monai_shpeft.networks import FPTNetwork, build_fpt
 from monai_shpeft.transforms import LoadFrozenFeaturesd
@@ -24,17 +25,23 @@ def tiny_fpt() -> FPTNetwork:
     return build_fpt(TINY_TIMM, 3, None, image_size=SIZE, side_image_size=SIDE_SIZE, tiny=True)
 
 
-def in_memory_items() -> list[dict[str, Any]]:
+def in_memory_items(folder: Path) -> list[dict[str, Any]]:
+    """Tensors in memory, each with the (real, written) file it stands for: the file's bytes key its features."""
     generator = torch.Generator().manual_seed(0)
-    return [
-        {
-            "image": torch.rand(3, SIZE, SIZE, generator=generator) * 200 + 10 * index,
-            "image_lr": torch.rand(3, SIDE_SIZE, SIDE_SIZE, generator=generator),
-            "label": index % 3,
-            "image_path": f"case_{index}",
-        }
-        for index in range(NUM_ITEMS)
-    ]
+    folder.mkdir(parents=True, exist_ok=True)
+    items = []
+    for index in range(NUM_ITEMS):
+        source = folder / f"case_{index}.bin"
+        source.write_bytes(f"case {index}".encode())
+        items.append(
+            {
+                "image": torch.rand(3, SIZE, SIZE, generator=generator) * 200 + 10 * index,
+                "image_lr": torch.rand(3, SIDE_SIZE, SIDE_SIZE, generator=generator),
+                "label": index % 3,
+                "image_path": str(source),
+            }
+        )
+    return items
 
 
 def preprocessing() -> Compose:
@@ -91,7 +98,7 @@ def test_fill_on_started_then_train_from_the_cache(tmp_path: Path, cached_datase
     A ``CacheDataset`` caches only the preprocessing: the lookup runs when items are read, after the fill.
     """
     network = tiny_fpt()
-    items = in_memory_items()
+    items = in_memory_items(tmp_path / "items")
     cache = feature_cache_for(network, tmp_path / "cache")
     backbone_calls = count_backbone_calls(network)
     handler = FeaturePreloadHandler(cache, items, preprocessing(), batch_size=4, progress=False)
@@ -109,7 +116,7 @@ def test_fill_on_started_then_train_from_the_cache(tmp_path: Path, cached_datase
     assert not torch.equal(network.head.weight.detach(), head_before)
     assert all(torch.equal(t, frozen_before[n]) for n, t in network.extractor.state_dict().items())
     for item in items:
-        assert cache.get(preprocessing()(dict(item))["image"]) is not None
+        assert cache.get(preprocessing()(dict(item))["image"], item_source(item)) is not None
 
     second_handler = FeaturePreloadHandler(cache, items, preprocessing(), batch_size=4, progress=False)
     second = preloading_trainer(network, cache, items, [second_handler], cached_dataset)
@@ -123,7 +130,7 @@ def test_fill_on_started_then_train_from_the_cache(tmp_path: Path, cached_datase
 
 def test_preloaded_training_matches_training_on_images(tmp_path: Path) -> None:
     """One step from float32 cached features gives the same weights as one step from the images themselves."""
-    items = in_memory_items()[:2]
+    items = in_memory_items(tmp_path / "items")[:2]
     networks = [tiny_fpt(), tiny_fpt()]
     cache = feature_cache_for(networks[0], tmp_path / "cache", dtype="float32")
     FeaturePreloadHandler(cache, items, preprocessing(), batch_size=2, progress=False)(
@@ -133,7 +140,7 @@ def test_preloaded_training_matches_training_on_images(tmp_path: Path) -> None:
     images = torch.stack([b["image"] for b in batch])
     image_lr = torch.stack([b["image_lr"] for b in batch])
     labels = torch.tensor([b["label"] for b in batch])
-    features = torch.stack([cache.get(image) for image in images])
+    features = torch.stack([cache.get(image, item["image_path"]) for image, item in zip(images, items)])
     for network, first_input in zip(networks, (features, images)):
         optimizer = torch.optim.SGD(network.parameters(), lr=0.1)
         nn.functional.cross_entropy(network(first_input, image_lr), labels).backward()
@@ -144,7 +151,7 @@ def test_preloaded_training_matches_training_on_images(tmp_path: Path) -> None:
 
 def test_training_without_filling_fails_on_the_missing_entry(tmp_path: Path) -> None:
     network = tiny_fpt()
-    items = in_memory_items()[:2]
+    items = in_memory_items(tmp_path / "items")[:2]
     cache = feature_cache_for(network, tmp_path / "cache")
     with pytest.raises(Exception) as raised:  # MONAI wraps transform errors in RuntimeError
         preloading_trainer(network, cache, items, []).run()
@@ -153,4 +160,4 @@ def test_training_without_filling_fails_on_the_missing_entry(tmp_path: Path) -> 
         chain.append(error)
         error = error.__cause__ or error.__context__
     missing = [e for e in chain if isinstance(e, FeatureCacheError)]
-    assert missing and "No preloaded FPT features for 'case_" in str(missing[0])
+    assert missing and f"No preloaded FPT features for '{items[0]['image_path']}'" in str(missing[0])

@@ -4,11 +4,16 @@ The frozen branch sees the un-augmented high-resolution image, so its key/value 
 during training: they are computed once (:meth:`FrozenFeatureCache.fill`, with a progress bar) and read back by
 :class:`~monai_shpeft.transforms.LoadFrozenFeaturesd`.
 
-An entry is keyed by the SHA-256 of the preprocessed high-resolution image tensor (so a changed file, a changed
-preprocessing or a changed resolution gives another key) inside a namespace that is the SHA-256 of everything else
-the features depend on: the backbone's name and a hash of all its weights, the token ratio, the feature shape, the
+An entry is keyed by the image's content: the SHA-256 of its source file's bytes when the file is known (the
+bundles' items always name it), else of the preprocessed tensor's values. The key lives inside a namespace that is
+the SHA-256 of everything else the features depend on: the backbone's name and a hash of all its weights, the
+resolution, the token ratio, the feature shape, a description of the deterministic preprocessing (when given), the
 storage dtype and the cache format version. A stale entry can therefore never be read; it is simply not found.
 Entries are ``.safetensors`` files written atomically.
+
+Why not always the tensor: the same file preprocessed in a DataLoader worker (one thread) and in ``CacheDataset``'s
+thread pool can differ in the last bits of an anti-aliased resize, so a bit-exact tensor hash misses entries that
+are valid; a real BUSI run showed it. The file's bytes do not depend on where the preprocessing ran.
 """
 
 from __future__ import annotations
@@ -27,13 +32,21 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from monai_shpeft.utils import atomic_path, atomic_write_json
+from monai_shpeft.utils import atomic_path, atomic_write_json, sha256_of_file
 
-__all__ = ["FEATURE_CACHE_VERSION", "FeatureCacheError", "FrozenFeatureCache", "feature_cache_for"]
+__all__ = [
+    "FEATURE_CACHE_VERSION",
+    "FeatureCacheError",
+    "FrozenFeatureCache",
+    "batch_sources",
+    "describe_transforms",
+    "feature_cache_for",
+    "item_source",
+]
 
 logger = logging.getLogger(__name__)
 
-FEATURE_CACHE_VERSION = 1
+FEATURE_CACHE_VERSION = 2
 _DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}
 _TENSOR_NAME = "features"
 
@@ -70,9 +83,23 @@ class FrozenFeatureCache:
         encoded = json.dumps(self.identity, sort_keys=True, default=str).encode()
         self.namespace = hashlib.sha256(encoded).hexdigest()[:16]
         self.root = Path(cache_dir) / self.namespace
+        self._digests: dict[tuple[str, int, int], str] = {}
 
-    def key(self, image: torch.Tensor) -> str:
-        """Content key of a preprocessed high-resolution image (its float32 values and shape)."""
+    def key(self, image: torch.Tensor, source: str | os.PathLike | None = None) -> str:
+        """Content key of an image: the bytes of its ``source`` file when given, else its preprocessed values.
+
+        Args:
+            image: the preprocessed high-resolution image.
+            source: the file the image was read from.
+
+        Returns:
+            the hex key.
+
+        Raises:
+            FeatureCacheError: when ``source`` is given but cannot be read.
+        """
+        if source is not None:
+            return hashlib.sha256(f"{self.namespace}:file:{self._file_digest(source)}".encode()).hexdigest()
         tensor = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
         tensor = tensor.detach().to("cpu", torch.float32).contiguous()
         digest = hashlib.sha256(self.namespace.encode())
@@ -84,13 +111,13 @@ class FrozenFeatureCache:
         """File of the entry with content key ``key``."""
         return self.root / key[:2] / f"{key}.safetensors"
 
-    def get(self, image: torch.Tensor) -> torch.Tensor | None:
-        """The stored features of ``image``, or ``None`` when they are not cached.
+    def get(self, image: torch.Tensor, source: str | os.PathLike | None = None) -> torch.Tensor | None:
+        """The stored features of ``image`` (read from ``source``), or ``None`` when they are not cached.
 
         Raises:
             FeatureCacheError: when the entry exists but cannot be read or has the wrong shape.
         """
-        path = self.path(self.key(image))
+        path = self.path(self.key(image, source))
         if not path.is_file():
             return None
         try:
@@ -106,7 +133,7 @@ class FrozenFeatureCache:
             )
         return features
 
-    def put(self, image: torch.Tensor, features: torch.Tensor) -> Path:
+    def put(self, image: torch.Tensor, features: torch.Tensor, source: str | os.PathLike | None = None) -> Path:
         """Store the features of one image (atomically) and return the entry's file.
 
         Raises:
@@ -114,7 +141,7 @@ class FrozenFeatureCache:
         """
         if tuple(features.shape) != self.feature_shape:
             raise ValueError(f"features have shape {tuple(features.shape)}, this cache stores {self.feature_shape}.")
-        return self._store(self.key(image), features)
+        return self._store(self.key(image, source), features)
 
     def _store(self, key: str, features: torch.Tensor) -> Path:
         path = self.path(key)
@@ -126,6 +153,20 @@ class FrozenFeatureCache:
 
     def __contains__(self, image: torch.Tensor) -> bool:
         return self.path(self.key(image)).is_file()
+
+    def _file_digest(self, source: str | os.PathLike) -> str:
+        """SHA-256 of a file's bytes, remembered per (path, size, modification time) in this process."""
+        path = os.fspath(source)
+        try:
+            stat = os.stat(path)
+        except OSError as err:
+            raise FeatureCacheError(f"Cannot read '{path}' to key its FPT features: {err}.") from err
+        marker = (path, stat.st_size, stat.st_mtime_ns)
+        digest = self._digests.get(marker)
+        if digest is None:
+            digest = sha256_of_file(path)
+            self._digests[marker] = digest
+        return digest
 
     def num_entries(self) -> int:
         """Number of entries in this namespace."""
@@ -144,6 +185,7 @@ class FrozenFeatureCache:
         batch_size: int = 8,
         num_workers: int = 0,
         image_key: str = "image",
+        source_key: str | None = "image_path",
         progress: bool = True,
     ) -> dict[str, float]:
         """Compute and store the features of every item that is not cached yet.
@@ -157,6 +199,8 @@ class FrozenFeatureCache:
             batch_size: images per backbone call.
             num_workers: DataLoader workers for the preprocessing.
             image_key: key of the high-resolution image.
+            source_key: key of the image's source file after ``transform`` (the bundles copy it to ``image_path``);
+                the image's meta data is used when absent, and its values when neither names a file.
             progress: show a progress bar.
 
         Returns:
@@ -178,7 +222,8 @@ class FrozenFeatureCache:
             batches = tqdm(loader, desc=f"FPT feature preloading ({self.root})", unit="batch")
         for batch in batches:
             images = batch[image_key]
-            keys = [self.key(image) for image in images]
+            sources = batch_sources(batch, image_key, source_key, len(images))
+            keys = [self.key(image, source) for image, source in zip(images, sources)]
             missing = [i for i, key in enumerate(keys) if not self.path(key).is_file()]
             cached += len(images) - len(missing)
             if not missing:
@@ -208,13 +253,68 @@ class FrozenFeatureCache:
             atomic_write_json(manifest, self.identity)
 
 
-def feature_cache_for(network: nn.Module, cache_dir: str | os.PathLike, dtype: str = "float16") -> FrozenFeatureCache:
+def item_source(item: Mapping[str, Any], image_key: str = "image", source_key: str | None = "image_path") -> str | None:
+    """The file an item's image was read from: ``item[source_key]``, else the image's ``filename_or_obj`` meta."""
+    source = item.get(source_key) if source_key else None
+    if source is None:
+        meta = getattr(item.get(image_key), "meta", None) or {}
+        source = meta.get("filename_or_obj")
+    return None if source is None or source == "" else str(source)
+
+
+def batch_sources(batch: Mapping[str, Any], image_key: str, source_key: str | None, size: int) -> list[str | None]:
+    """Per-item source files of a collated batch (``None`` where unknown)."""
+    sources = batch.get(source_key) if source_key else None
+    if sources is None:
+        meta = getattr(batch.get(image_key), "meta", None) or {}
+        sources = meta.get("filename_or_obj")
+    if sources is None or isinstance(sources, str) or len(sources) != size:
+        return [None] * size
+    return [None if s is None or s == "" else str(s) for s in sources]
+
+
+def describe_transforms(transforms: Sequence[Any] | None) -> list[dict[str, Any]] | None:
+    """A JSON-able description of deterministic transforms (class and simple settings), for the cache namespace.
+
+    Nested helper objects (e.g. MONAI's ``Resized.resizer``) are described one level deep; values that are not
+    numbers, strings, booleans or tuples/lists of them are left out.
+    """
+    if transforms is None:
+        return None
+
+    def simple(value: Any) -> bool:
+        if isinstance(value, (list, tuple)):
+            return all(simple(v) for v in value)
+        return value is None or isinstance(value, (bool, int, float, str))
+
+    def settings(obj: Any, depth: int) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, value in sorted(vars(obj).items()) if hasattr(obj, "__dict__") else []:
+            if name.startswith("_"):
+                continue
+            if simple(value):
+                out[name] = list(value) if isinstance(value, tuple) else value
+            elif depth > 0 and hasattr(value, "__dict__") and not isinstance(value, (torch.Tensor, nn.Module)):
+                out[name] = {"class": type(value).__qualname__, **settings(value, depth - 1)}
+        return out
+
+    return [{"class": f"{type(t).__module__}.{type(t).__qualname__}", **settings(t, 1)} for t in transforms]
+
+
+def feature_cache_for(
+    network: nn.Module,
+    cache_dir: str | os.PathLike,
+    dtype: str = "float16",
+    preprocessing: Sequence[Any] | None = None,
+) -> FrozenFeatureCache:
     """The cache of ``network``'s frozen features: its identity is the frozen backbone's name, weights and settings.
 
     Args:
         network: an :class:`~monai_shpeft.networks.FPTNetwork` (DDP wrappers are unwrapped).
         cache_dir: root folder of the cache.
         dtype: storage dtype (see :class:`FrozenFeatureCache`).
+        preprocessing: the deterministic transforms that make the frozen branch's image; their description joins
+            the namespace, so changing e.g. a DICOM window or the scaling gives a new, empty cache.
 
     Returns:
         the cache.
@@ -234,5 +334,6 @@ def feature_cache_for(network: nn.Module, cache_dir: str | os.PathLike, dtype: s
         "image_size": extractor.image_size,
         "token_ratio": extractor.token_ratio,
         "feature_shape": list(extractor.feature_shape),
+        "preprocessing": describe_transforms(preprocessing),
     }
     return FrozenFeatureCache(cache_dir, identity, dtype)

@@ -9,7 +9,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTrait, Transform
 
-from monai_shpeft.data.feature_cache import FeatureCacheError, FrozenFeatureCache
+from monai_shpeft.data.feature_cache import FeatureCacheError, FrozenFeatureCache, item_source
 
 __all__ = ["LoadFrozenFeatures", "LoadFrozenFeaturesd"]
 
@@ -17,8 +17,9 @@ __all__ = ["LoadFrozenFeatures", "LoadFrozenFeaturesd"]
 class LoadFrozenFeatures(Transform):
     """Replace a preprocessed high-resolution image by its cached frozen features ``[L, 2, n, D]``.
 
-    The image must be exactly the tensor the cache was filled from (same file, same deterministic preprocessing);
-    any difference gives another content key and therefore a miss, never stale features.
+    With ``source`` (the image's file) the key is the file's content, as when the cache was filled from the same
+    items; without it, the preprocessed values themselves. A changed file or setting gives another key and
+    therefore a miss, never stale features.
 
     Args:
         cache: the filled cache.
@@ -35,16 +36,17 @@ class LoadFrozenFeatures(Transform):
 
         Args:
             img: the preprocessed high-resolution image.
-            source: the image's file, named in the error on a miss.
+            source: the image's file: its content is the key, and it is named in the error on a miss.
 
         Returns:
             the cached features, in the cache's storage dtype.
         """
-        features = self.cache.get(img)
+        features = self.cache.get(img, source)
         if features is None:
             where = f"'{source}'" if source else "an image"
+            key = self.cache.key(img, source)[:12]
             raise FeatureCacheError(
-                f"No preloaded FPT features for {where} in '{self.cache.root}' (key {self.cache.key(img)[:12]}): "
+                f"No preloaded FPT features for {where} in '{self.cache.root}' (key {key}): "
                 "the cache was not filled for this image or these settings. Fill it first (FeaturePreloadHandler, "
                 "or FrozenFeatureCache.fill with the same preprocessing), or train without preloading."
             )
@@ -61,7 +63,8 @@ class LoadFrozenFeaturesd(MapTransform, RandomizableTrait):
     Args:
         keys: keys of the high-resolution images to replace by their features.
         cache: the filled cache.
-        source_key: item key holding the image's file (named in errors); the image's meta data is used otherwise.
+        source_key: item key holding the image's file (its content keys the entry; the bundles copy it to
+            ``image_path``); the image's meta data is used otherwise.
         allow_missing_keys: don't raise when a key is absent.
     """
 
@@ -79,9 +82,5 @@ class LoadFrozenFeaturesd(MapTransform, RandomizableTrait):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
-            source = d.get(self.source_key) if self.source_key else None
-            if source is None:
-                meta = getattr(d[key], "meta", {}) or {}
-                source = meta.get("filename_or_obj")
-            d[key] = self.loader(d[key], source=None if source is None else str(source))
+            d[key] = self.loader(d[key], source=item_source(d, key, self.source_key))
         return d
