@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -220,3 +221,35 @@ def test_traced_export_matches_the_trained_network(trained: tuple[Path, str]) ->
     traced = torch.jit.load(str(work / BUNDLE / "models" / "model.ts"))
     image = torch.rand(3, 3, 56, 56)  # another batch size than the trace's
     torch.testing.assert_close(traced(image), network(image))
+
+
+def test_feature_dtype_benchmark_on_the_trained_bundle(trained: tuple[Path, str]) -> None:
+    """benchmarks/fpt_feature_dtype.py reads the bundle's own config and checkpoint and reports each storage dtype."""
+    work, _ = trained
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "fpt_feature_dtype.py"
+    output = work / "dtype.json"
+    run_command(
+        [
+            sys.executable,
+            str(script),
+            "--dataset_dir",
+            "busi",
+            "--fpt_image_size",
+            "56",
+            "--fpt_side_image_size",
+            "28",
+            "--tiny_backbone",
+            "--checkpoint",
+            f"{BUNDLE}/models/model.pt",
+            "--output",
+            str(output),
+        ],
+        cwd=work,
+    )
+    result = json.loads(output.read_text())
+    split = json.loads((work / BUNDLE / "runs" / "datalist.json").read_text())
+    assert result["images"] == len(split["validation"])
+    assert result["feature_shape"] == [2, 2, 4, 64]
+    for name in ("float16", "bfloat16"):
+        assert 0 < result["storage_dtypes"][name]["max_abs_logit"] < 1e-2
+    assert result["storage_dtypes"]["float16"]["max_abs_logit"] < result["storage_dtypes"]["bfloat16"]["max_abs_logit"]
