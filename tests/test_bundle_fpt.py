@@ -253,3 +253,18 @@ def test_feature_dtype_benchmark_on_the_trained_bundle(trained: tuple[Path, str]
     for name in ("float16", "bfloat16"):
         assert 0 < result["storage_dtypes"][name]["max_abs_logit"] < 1e-2
     assert result["storage_dtypes"]["float16"]["max_abs_logit"] < result["storage_dtypes"]["bfloat16"]["max_abs_logit"]
+
+
+def test_an_unknown_method_stops_before_training_with_the_supported_ones(tmp_path: Path) -> None:
+    work = copy_bundles(tmp_path)
+    write_busi_folder(work / "busi", per_class=10)
+    with pytest.raises(AssertionError) as failure:
+        run_command(
+            monai_bundle(
+                "run", "--config_file", TRAIN, "--dataset_dir", "busi", *TINY_BUNDLE_ARGS, "--method", "lorra"
+            ),
+            cwd=work,
+            tail=100_000,
+        )
+    assert "Unknown method 'lorra'; supported methods: shpeft, fpt." in str(failure.value)
+    assert not (work / BUNDLE / "models" / "model.pt").exists()
