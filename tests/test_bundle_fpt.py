@@ -145,10 +145,11 @@ def test_verify_net_in_out_with_a_single_high_resolution_image(tmp_path: Path) -
     assert "data shape of network is verified with no error" in output
 
 
-def test_without_preloading_no_cache_is_written(tmp_path: Path) -> None:
+@pytest.mark.parametrize("switch_off", ["False", "false"])  # a command line passes both spellings
+def test_without_preloading_no_cache_is_written(tmp_path: Path, switch_off: str) -> None:
     work = copy_bundles(tmp_path)
     write_busi_folder(work / "busi", per_class=10)
-    log = _train(work, BUNDLE, "busi", "--max_epochs", "1", "--preload_features", "False")
+    log = _train(work, BUNDLE, "busi", "--max_epochs", "1", "--preload_features", switch_off)
     assert not (work / BUNDLE / "runs" / "feature_cache").exists()
     assert "Key metric: val_auc" in log
 
