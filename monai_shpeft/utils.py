@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_write_json", "sha256_of_file"]
+__all__ = ["as_flag", "atomic_path", "atomic_write_json", "sha256_of_file"]
 
 
 @contextlib.contextmanager
@@ -70,3 +70,33 @@ def sha256_of_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
         for chunk in iter(lambda: handle.read(chunk_size), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+_FALSE_WORDS = ("false", "0", "no", "off", "none", "")
+_TRUE_WORDS = ("true", "1", "yes", "on")
+
+
+def as_flag(value: Any, name: str = "flag") -> bool:
+    """A boolean knob as the command line may deliver it.
+
+    ``python -m monai.bundle run --knob false`` passes the string ``'false'`` (fire parses only ``False``), which
+    Python would treat as true; this reads the usual spellings instead.
+
+    Args:
+        value: a bool, a number, ``None`` or a string such as ``"False"``, ``"false"``, ``"0"``, ``"yes"``.
+        name: the knob's name, for the error.
+
+    Returns:
+        the flag.
+
+    Raises:
+        ValueError: naming the knob when a string is not a recognised spelling.
+    """
+    if not isinstance(value, str):
+        return bool(value)
+    word = value.strip().lower()
+    if word in _FALSE_WORDS:
+        return False
+    if word in _TRUE_WORDS:
+        return True
+    raise ValueError(f"{name} must be true or false, got {value!r}.")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from monai_shpeft.utils import atomic_path, atomic_write_json, sha256_of_file
+from monai_shpeft.utils import as_flag, atomic_path, atomic_write_json, sha256_of_file
 
 
 def test_atomic_write_replaces_the_file_whole(tmp_path: Path) -> None:
@@ -31,3 +31,31 @@ def test_sha256(tmp_path: Path) -> None:
     path = tmp_path / "f.bin"
     path.write_bytes(b"x" * 3_000_000)
     assert sha256_of_file(path, chunk_size=1000) == hashlib.sha256(b"x" * 3_000_000).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (True, True),
+        (False, False),
+        (None, False),
+        (1, True),
+        (0, False),
+        ("False", False),
+        ("false", False),
+        (" FALSE ", False),
+        ("0", False),
+        ("no", False),
+        ("True", True),
+        ("true", True),
+        ("1", True),
+        ("yes", True),
+    ],
+)
+def test_as_flag_reads_command_line_spellings(value: object, expected: bool) -> None:
+    assert as_flag(value) is expected
+
+
+def test_as_flag_rejects_other_words_naming_the_knob() -> None:
+    with pytest.raises(ValueError, match="preload_features must be true or false, got 'ture'"):
+        as_flag("ture", "preload_features")
