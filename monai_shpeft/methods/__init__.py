@@ -1,11 +1,90 @@
-"""Fine-tuning methods selectable by the bundles' ``method`` knob."""
+"""Fine-tuning methods selectable by the bundles' and the benchmark's ``method`` knob.
+
+Every method lives in its own small module behind the interface of :mod:`monai_shpeft.methods.base`; this
+package maps names to them (imported lazily, so that peft is only loaded when a peft method is used).
+
+=============  =====================  ==========================================================================
+name           kind                   what trains
+=============  =====================  ==========================================================================
+full           reference              every weight
+linear         reference              the head only
+bitfit         selective              biases
+ln             selective              LayerNorm scales and shifts (HF peft LN tuning)
+attn           selective              attention projections
+lora           additive               low-rank updates of the attention projections (HF peft LoRA)
+adapter        additive               AdaptFormer parallel adapters beside every MLP
+ssf            additive               per-channel scale and shift after every operation
+vpt_shallow    prompt                 prompt tokens at the input of the first block
+vpt_deep       prompt                 prompt tokens at the input of every block
+spt_lora       selective+additive     sensitivity-chosen weights, LoRA where they cluster (SPT)
+shpeft         selective              importance-chosen weights, hybrid task-specific/agnostic (SH-PEFT)
+fpt            side network           a light side network fed by the frozen model through prompts (FPT)
+=============  =====================  ==========================================================================
+
+The head trains in every method. ``shpeft`` and ``spt_lora`` choose their weights from data when training starts
+(:class:`~monai_shpeft.handlers.ImportanceEstimationHandler`, :class:`~monai_shpeft.handlers.SPTLoRAHandler`);
+``fpt`` is a network of its own (:func:`~monai_shpeft.networks.build_fpt`).
+"""
 
 from __future__ import annotations
 
-__all__ = ["METHODS", "check_method"]
+import importlib
+import os
+from collections.abc import Mapping
+from typing import Any
 
-# SH-PEFT (sparse, importance-selected weights of the backbone) and FPT (frozen backbone plus side network).
-METHODS = ("shpeft", "fpt")
+import torch.nn as nn
+
+from monai_shpeft.methods.base import MethodInfo, TrainableCount, count_trainable
+
+__all__ = [
+    "METHODS",
+    "OPTIMIZERS",
+    "MethodInfo",
+    "TrainableCount",
+    "check_method",
+    "check_optimizer",
+    "count_trainable",
+    "method_info",
+    "prepare_network",
+]
+
+#: every method, in the order of the benchmark's tables
+METHODS = (
+    "full",
+    "linear",
+    "bitfit",
+    "ln",
+    "attn",
+    "lora",
+    "adapter",
+    "ssf",
+    "vpt_shallow",
+    "vpt_deep",
+    "spt_lora",
+    "shpeft",
+    "fpt",
+)
+
+#: optimizers the bundles' ``optimizer_name`` knob offers to the classifier methods (FPT always uses AdamW)
+OPTIMIZERS = ("sgd", "adamw")
+
+# name -> "module:attribute" of its MethodInfo
+_REGISTRY = {
+    "full": "selective:FULL",
+    "linear": "selective:LINEAR",
+    "bitfit": "selective:BITFIT",
+    "attn": "selective:ATTENTION",
+    "ln": "peft_tuners:LN",
+    "lora": "peft_tuners:LORA",
+    "adapter": "adapter:INFO",
+    "ssf": "ssf:INFO",
+    "vpt_shallow": "vpt:SHALLOW_INFO",
+    "vpt_deep": "vpt:DEEP_INFO",
+    "spt_lora": "spt_lora:INFO",
+    "shpeft": "shpeft:INFO",
+    "fpt": "fpt:INFO",
+}
 
 
 def check_method(method: str) -> str:
@@ -23,3 +102,69 @@ def check_method(method: str) -> str:
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}; supported methods: {', '.join(METHODS)}.")
     return method
+
+
+def check_optimizer(name: str) -> str:
+    """Return ``name`` when it is one of :data:`OPTIMIZERS`.
+
+    Args:
+        name: the bundle's ``optimizer_name`` knob.
+
+    Returns:
+        the name.
+
+    Raises:
+        ValueError: naming the supported optimizers otherwise.
+    """
+    if name not in OPTIMIZERS:
+        raise ValueError(f"Unknown optimizer_name {name!r}; supported: {', '.join(OPTIMIZERS)}.")
+    return name
+
+
+def method_info(method: str) -> MethodInfo:
+    """The description of a method.
+
+    Args:
+        method: a name of :data:`METHODS`.
+
+    Returns:
+        its :class:`MethodInfo`.
+    """
+    module, attribute = _REGISTRY[check_method(method)].split(":")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), attribute)
+
+
+def prepare_network(
+    model: nn.Module,
+    method: str,
+    options: Mapping[str, Any] | None = None,
+    structure_file: str | os.PathLike | None = None,
+) -> nn.Module:
+    """Adapt a backbone classifier for ``method``: insert its modules and set what trains.
+
+    Args:
+        model: a :class:`~monai_shpeft.backbones.BackboneClassifier`.
+        method: a name of :data:`METHODS` other than ``fpt`` (an FPT network is built by its own factory).
+        options: the method's keyword options (e.g. ``{"rank": 8}`` for ``lora``); ``None`` uses its defaults.
+        structure_file: for ``spt_lora``, a saved trainable set whose LoRA modules are re-created (evaluation and
+            inference, before loading the trained weights). During training leave it ``None``: the structure is
+            chosen from data when training starts.
+
+    Returns:
+        the adapted model (the same object).
+
+    Raises:
+        ValueError: for ``fpt`` or an unknown method.
+    """
+    if check_method(method) == "fpt":
+        raise ValueError("method 'fpt' builds its own network: use monai_shpeft.networks.build_fpt.")
+    info = method_info(method)
+    if method == "spt_lora":
+        if structure_file is None:
+            return model  # SPTLoRAHandler inserts the LoRA modules once the sensitivity is known
+        from monai_shpeft.methods.spt_lora import apply_from_file
+
+        return apply_from_file(model, structure_file)
+    if info.apply is None:
+        return model
+    return info.apply(model, **dict(options or {}))

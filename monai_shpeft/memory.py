@@ -1,0 +1,84 @@
+"""Peak training memory, measured the same way for every method: GPU allocator peak, or CPU resident-set peak."""
+
+from __future__ import annotations
+
+import gc
+import os
+import resource
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["PeakMemoryMeter", "current_rss_bytes", "reset_peak_rss"]
+
+
+def current_rss_bytes() -> int:
+    """Resident set size of this process now (Linux ``/proc/self/statm``)."""
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's resident high-water mark to the current size (Linux >= 4.0).
+
+    Returns:
+        ``False`` when the kernel does not allow it (the peak then includes what came before).
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _max_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+
+
+@dataclass
+class PeakMemoryMeter:
+    """Measure the memory a phase adds at its peak, from a baseline taken by :meth:`start`.
+
+    On a CUDA device: ``torch.cuda.max_memory_allocated`` after a reset, minus what was allocated at the baseline.
+    On the CPU: the peak resident set size (high-water mark reset at the baseline where the kernel allows it)
+    minus the resident size at the baseline. Data cached before the baseline (e.g. a ``CacheDataset``) is excluded.
+
+    Args:
+        device: the device the phase runs on.
+    """
+
+    device: torch.device | str = "cpu"
+    baseline: int = 0
+    reset_ok: bool = False
+
+    @property
+    def source(self) -> str:
+        """How the peak is measured, for reports."""
+        if self._cuda:
+            return "torch.cuda.max_memory_allocated minus the allocation at the baseline"
+        reset = "reset at the baseline" if self.reset_ok else "not resettable here: includes earlier peaks"
+        return f"peak resident set size (getrusage ru_maxrss, high-water mark {reset}) minus the RSS at the baseline"
+
+    @property
+    def _cuda(self) -> bool:
+        return torch.device(self.device).type == "cuda"
+
+    def start(self) -> None:
+        """Take the baseline now."""
+        gc.collect()
+        if self._cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.baseline = torch.cuda.memory_allocated(self.device)
+            self.reset_ok = True
+        else:
+            self.reset_ok = reset_peak_rss()
+            self.baseline = current_rss_bytes()
+
+    def peak_bytes(self) -> int:
+        """Peak memory added since :meth:`start`."""
+        if self._cuda:
+            torch.cuda.synchronize(self.device)
+            return max(torch.cuda.max_memory_allocated(self.device) - self.baseline, 0)
+        return max(_max_rss_bytes() - self.baseline, 0)

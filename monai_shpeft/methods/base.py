@@ -1,0 +1,122 @@
+"""The interface every fine-tuning method shares: a description, and a function that adapts a classifier.
+
+A method is one small module of :mod:`monai_shpeft.methods` holding an ``apply(model, **options)`` function and a
+:class:`MethodInfo`. ``apply`` takes a :class:`~monai_shpeft.backbones.BackboneClassifier` (a pretrained backbone with
+a new L2-normalised linear head), changes it in place (inserting modules where the method adds any) and leaves
+``requires_grad=True`` on exactly the parameters the method trains; the classification head always trains.
+Methods whose trainable entries are chosen from data (SH-PEFT, SPT) also train through a gradient mask, applied
+by :class:`~monai_shpeft.handlers.GradientMaskHandler`; :func:`count_trainable` counts their selected entries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch.nn as nn
+
+from monai_shpeft.sparse_set import SparseTrainableSet
+
+__all__ = ["MethodInfo", "TrainableCount", "count_trainable", "freeze_all_but", "head_of"]
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """What a method is, for tables, logs and the benchmark.
+
+    Args:
+        name: the value of the bundles' ``method`` knob.
+        kind: ``"selective"``, ``"additive"``, ``"prompt"``, ``"selective+additive"``, ``"side network"`` or
+            ``"reference"`` (full fine-tuning and linear probing).
+        summary: one line saying what trains.
+        reference: the paper that introduced it.
+        apply: ``apply(model, **options) -> model`` (``None`` when the bundle's handlers or network factory do it).
+    """
+
+    name: str
+    kind: str
+    summary: str
+    reference: str
+    apply: Callable[..., nn.Module] | None = None
+
+
+@dataclass(frozen=True)
+class TrainableCount:
+    """Trainable parameters of a network as a method trains it.
+
+    Attributes:
+        trainable: trainable scalars (masked tensors count their selected entries only), head included.
+        total: all scalars of the network, including modules the method added and frozen ones.
+    """
+
+    trainable: int
+    total: int
+
+    @property
+    def ratio(self) -> float:
+        """``trainable / total``: the ratio ``r`` of the FPT paper's PPE score."""
+        return self.trainable / max(self.total, 1)
+
+    def as_dict(self) -> dict[str, float | int]:
+        """JSON-friendly form."""
+        return {"trainable": self.trainable, "total": self.total, "ratio": self.ratio}
+
+
+def count_trainable(model: nn.Module, trainable_set: SparseTrainableSet | None = None) -> TrainableCount:
+    """Count a network's trainable scalars.
+
+    Args:
+        model: the network (DDP/DataParallel wrappers are unwrapped).
+        trainable_set: the sparse set masking the gradients, if any; its tensors count their selected entries
+            (whatever their ``requires_grad``), the others count whole when they require a gradient.
+
+    Returns:
+        the count.
+    """
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    masked = trainable_set.counts_per_tensor() if trainable_set is not None else {}
+    trainable = total = 0
+    for name, param in model.named_parameters():
+        total += param.numel()
+        if name in masked:
+            trainable += masked[name]
+        elif param.requires_grad:
+            trainable += param.numel()
+    return TrainableCount(trainable=trainable, total=total)
+
+
+def head_of(model: nn.Module) -> nn.Module:
+    """The classification head of a :class:`~monai_shpeft.backbones.BackboneClassifier`.
+
+    Raises:
+        ValueError: when the model has no ``head``/``backbone`` pair.
+    """
+    head = getattr(model, "head", None)
+    if not isinstance(head, nn.Module) or not isinstance(getattr(model, "backbone", None), nn.Module):
+        raise ValueError(
+            f"{type(model).__name__} is not a backbone classifier (no 'backbone' and 'head'); build it with "
+            "monai_shpeft.backbones.build_classifier."
+        )
+    return head
+
+
+def freeze_all_but(model: nn.Module, trainable: Iterable[nn.Parameter] | Callable[[str, nn.Parameter], bool]) -> Any:
+    """Set ``requires_grad`` so that only the given parameters and the head train.
+
+    Args:
+        model: a backbone classifier.
+        trainable: the parameters to train, or a predicate ``(name, parameter) -> bool``.
+
+    Returns:
+        ``model``.
+    """
+    head_ids = {id(p) for p in head_of(model).parameters()}
+    if callable(trainable):
+        keep = {id(p) for n, p in model.named_parameters() if trainable(n, p)}
+    else:
+        keep = {id(p) for p in trainable}
+    for param in model.parameters():
+        param.requires_grad_(id(param) in keep or id(param) in head_ids)
+    return model
