@@ -142,21 +142,6 @@ def worker_command(
 # worker: one method in a fresh process
 
 
-def _current_rss_bytes() -> int:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's resident high-water mark to the current size (Linux >= 4.0); False when not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def _release_freed_heap() -> None:
     import ctypes
     import gc
@@ -398,6 +383,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from torch.utils.data import DataLoader
 
+    from monai_shpeft.memory import current_rss_bytes, max_rss_bytes, reset_peak_rss
+
     device = _resolve_device(args.device)
     batch_size = args.batch_size or (GPU_BATCH_SIZE if device.type == "cuda" else CPU_BATCH_SIZE)
     cuda = device.type == "cuda"
@@ -415,9 +402,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         baseline = torch.cuda.memory_allocated(device)
         peak_reset = True
     else:
-        peak_reset = _reset_peak_rss()
-        baseline = _current_rss_bytes()
-        baseline_maxrss = _maxrss_bytes()
+        peak_reset = reset_peak_rss()
+        baseline = current_rss_bytes()
+        baseline_maxrss = max_rss_bytes()
 
     images = RandomImages(
         _num_images(args, batch_size),
@@ -541,7 +528,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     # the peak of building the model (and, for SH-PEFT, of the estimation pass) alone, before any training step
     synchronize()
-    setup_peak = (torch.cuda.max_memory_allocated(device) if cuda else _maxrss_bytes()) - baseline
+    setup_peak = (torch.cuda.max_memory_allocated(device) if cuda else max_rss_bytes()) - baseline
     load_before = os.getloadavg()[0]
     step_seconds: list[float] = []
     data_seconds: list[float] = []
@@ -577,7 +564,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "max_memory_reserved_bytes": torch.cuda.max_memory_reserved(device),
         }
     else:
-        maxrss = _maxrss_bytes()
+        maxrss = max_rss_bytes()
         memory = {
             "peak_bytes": maxrss - baseline,
             "peak_source": "getrusage ru_maxrss - RSS at baseline"
@@ -616,12 +603,6 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "logical_cores": os.cpu_count(),
         **extra,
     }
-
-
-def _maxrss_bytes() -> int:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
 
 
 def worker_main(args: argparse.Namespace) -> int:

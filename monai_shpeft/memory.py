@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["PeakMemoryMeter", "current_rss_bytes", "reset_peak_rss"]
+__all__ = ["PeakMemoryMeter", "current_rss_bytes", "max_rss_bytes", "reset_peak_rss"]
 
 
 def current_rss_bytes() -> int:
@@ -32,7 +32,8 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def _max_rss_bytes() -> int:
+def max_rss_bytes() -> int:
+    """Peak resident set size of this process since it started or since :func:`reset_peak_rss` (``getrusage``)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
 
 
@@ -81,4 +82,4 @@ class PeakMemoryMeter:
         if self._cuda:
             torch.cuda.synchronize(self.device)
             return max(torch.cuda.max_memory_allocated(self.device) - self.baseline, 0)
-        return max(_max_rss_bytes() - self.baseline, 0)
+        return max(max_rss_bytes() - self.baseline, 0)

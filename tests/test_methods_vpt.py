@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import io
 import math
 from collections.abc import Callable
 
@@ -14,31 +13,26 @@ import torch.nn as nn
 from monai_shpeft.backbones import TINY_DEPTH, TINY_WIDTH, build_classifier
 from monai_shpeft.methods import vpt
 from monai_shpeft.methods.base import count_trainable
+from tests.method_helpers import (
+    BACKBONES,
+    HEAD,
+    NUM_CLASSES,
+    TINY_OPEN_CLIP,
+    TINY_TIMM,
+    check_deepcopy_and_save_round_trip,
+    check_rejects_misuse,
+    frozen_backbone,
+    random_images,
+    tiny_model,
+    train_and_check_changes,
+)
 
-# Not tests.helpers: it imports MONAI, which would double these tests' run time.
-TINY_TIMM = "timm:vit_small_patch14_dinov2"
-TINY_OPEN_CLIP = "open_clip:ViT-B-16"
 REG_TIMM = "timm:vit_small_patch14_reg4_dinov2"
-# A 2x2 patch grid: patch 14 for DINOv2, 16 for CLIP ViT-B-16; one class token in both.
-IMAGE_SIZE = {TINY_TIMM: 28, TINY_OPEN_CLIP: 32}
+# Patch sizes of the backbones (IMAGE_SIZE gives them a 2x2 patch grid); one class token in both.
 PATCH_SIZE = {TINY_TIMM: 14, TINY_OPEN_CLIP: 16}
-BACKBONES = list(IMAGE_SIZE)
-NUM_CLASSES = 3
 NUM_PROMPTS = 5
 APPLY: dict[str, Callable[..., nn.Module]] = {"shallow": vpt.apply_shallow, "deep": vpt.apply_deep}
 CASES = [(backbone, kind) for backbone in BACKBONES for kind in APPLY]
-
-
-def _model(backbone: str) -> nn.Module:
-    torch.manual_seed(0)
-    # DINOv2's LayerScale starts at 1e-5, which makes a random model's blocks almost the identity: use 1.
-    options = {"init_values": 1.0} if backbone == TINY_TIMM else {}
-    return build_classifier(backbone, NUM_CLASSES, image_size=IMAGE_SIZE[backbone], tiny=True, **options)
-
-
-def _images(backbone: str, batch: int = 4, seed: int = 1) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, 3, IMAGE_SIZE[backbone], IMAGE_SIZE[backbone], generator=generator)
 
 
 def _blocks(model: nn.Module) -> nn.Module:
@@ -46,28 +40,11 @@ def _blocks(model: nn.Module) -> nn.Module:
     return backbone.blocks if hasattr(backbone, "blocks") else backbone.transformer.resblocks
 
 
-def _train(model: nn.Module, backbone: str, steps: int = 3) -> None:
-    """A few AdamW steps on random data; every parameter is given to the optimizer, frozen ones included."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.01)
-    loss_fn = nn.CrossEntropyLoss()
-    generator = torch.Generator().manual_seed(2)
-    model.train()
-    for step in range(steps):
-        labels = torch.randint(0, NUM_CLASSES, (4,), generator=generator)
-        loss = loss_fn(model(_images(backbone, seed=10 + step)), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
-        optimizer.step()
-    model.eval()
-
-
 @pytest.mark.parametrize(("backbone", "kind"), CASES)
 def test_trainable_count_and_init(backbone: str, kind: str) -> None:
-    model = APPLY[kind](_model(backbone), num_prompts=NUM_PROMPTS)
+    model = APPLY[kind](tiny_model(backbone), num_prompts=NUM_PROMPTS)
     sets = TINY_DEPTH if kind == "deep" else 1
-    head = TINY_WIDTH * NUM_CLASSES + NUM_CLASSES
-    assert count_trainable(model).trainable == sets * NUM_PROMPTS * TINY_WIDTH + head
+    assert count_trainable(model).trainable == sets * NUM_PROMPTS * TINY_WIDTH + HEAD
     prompts = [m.prompts for m in model.modules() if isinstance(m, vpt.PromptedBlock) and m.prompts is not None]
     assert len(prompts) == sets
     bound = math.sqrt(6.0 / (3 * PATCH_SIZE[backbone] ** 2 + TINY_WIDTH))
@@ -78,9 +55,9 @@ def test_trainable_count_and_init(backbone: str, kind: str) -> None:
 
 @pytest.mark.parametrize(("backbone", "kind"), CASES)
 def test_prompts_follow_the_prefix_tokens_and_are_removed_after_the_last_block(backbone: str, kind: str) -> None:
-    original = _model(backbone).eval()
+    original = tiny_model(backbone).eval()
     model = APPLY[kind](copy.deepcopy(original), num_prompts=NUM_PROMPTS)
-    _check_prompt_layout(original, model, _images(backbone), num_prefix=1, num_patches=4)
+    _check_prompt_layout(original, model, random_images(backbone), num_prefix=1, num_patches=4)
 
 
 @pytest.mark.parametrize("kind", list(APPLY))
@@ -89,7 +66,7 @@ def test_register_tokens_stay_before_the_prompts(kind: str) -> None:
     original = build_classifier(REG_TIMM, NUM_CLASSES, image_size=28, tiny=True, init_values=1.0).eval()
     assert original.backbone.num_prefix_tokens == 5  # class token and 4 registers
     model = APPLY[kind](copy.deepcopy(original), num_prompts=NUM_PROMPTS)
-    _check_prompt_layout(original, model, _images(TINY_TIMM), num_prefix=5, num_patches=4)
+    _check_prompt_layout(original, model, random_images(TINY_TIMM), num_prefix=5, num_patches=4)
 
 
 def _check_prompt_layout(
@@ -123,8 +100,8 @@ def _check_prompt_layout(
 
 @pytest.mark.parametrize(("backbone", "kind"), CASES)
 def test_output_depends_on_every_prompt_set(backbone: str, kind: str) -> None:
-    model = APPLY[kind](_model(backbone), num_prompts=NUM_PROMPTS).eval()
-    images = _images(backbone)
+    model = APPLY[kind](tiny_model(backbone), num_prompts=NUM_PROMPTS).eval()
+    images = random_images(backbone)
     with torch.no_grad():
         reference = model(images)
         for block in _blocks(model):
@@ -140,29 +117,17 @@ def test_output_depends_on_every_prompt_set(backbone: str, kind: str) -> None:
 
 @pytest.mark.parametrize(("backbone", "kind"), CASES)
 def test_trains_only_prompts_and_head(backbone: str, kind: str) -> None:
-    model = _model(backbone)
-    frozen = {id(p): (name, p.detach().clone()) for name, p in model.backbone.named_parameters()}
+    model = tiny_model(backbone)
+    frozen = frozen_backbone(model)
     APPLY[kind](model, num_prompts=NUM_PROMPTS)
-    before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    _train(model, backbone)
-    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
-    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    assert changed == trainable
+    trainable = train_and_check_changes(model, backbone, frozen)
     assert {n.rsplit(".", 1)[-1] for n in trainable if not n.startswith("head.")} == {"prompts"}
-    assert any(n.startswith("head.") for n in trainable)
-
-    # Every pretrained tensor is still in the model and bit-identical, wherever the wrapper moved its name.
-    assert set(frozen) <= {id(p) for p in model.parameters()}
-    for param in model.parameters():
-        if id(param) in frozen:
-            name, value = frozen[id(param)]
-            assert torch.equal(param, value), name
 
 
 @pytest.mark.parametrize("kind", list(APPLY))
 def test_sequence_first_open_clip_blocks(kind: str) -> None:
     # open_clip can run its blocks on [N, B, D] tokens (Transformer.batch_first=False): same result as batch first.
-    batch_first = _model(TINY_OPEN_CLIP).eval()
+    batch_first = tiny_model(TINY_OPEN_CLIP).eval()
     sequence_first = copy.deepcopy(batch_first)
     sequence_first.backbone.transformer.batch_first = False
     for block in sequence_first.backbone.transformer.resblocks:
@@ -171,28 +136,15 @@ def test_sequence_first_open_clip_blocks(kind: str) -> None:
         torch.manual_seed(3)
         APPLY[kind](model, num_prompts=NUM_PROMPTS)
     assert not _blocks(sequence_first)[0].batch_first
-    images = _images(TINY_OPEN_CLIP)
+    images = random_images(TINY_OPEN_CLIP)
     with torch.no_grad():
         torch.testing.assert_close(sequence_first(images), batch_first(images), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize(("backbone", "kind"), CASES)
 def test_deepcopy_and_save_round_trip(backbone: str, kind: str) -> None:
-    model = APPLY[kind](_model(backbone), num_prompts=NUM_PROMPTS)
-    with torch.no_grad():  # move the new parameters off their initial values (e.g. the adapters' zero `up`)
-        for param in model.parameters():
-            if param.requires_grad:
-                param.add_(0.1 * torch.randn_like(param))
-    images = _images(backbone)
-    buffer = io.BytesIO()
-    torch.save(model, buffer)
-    buffer.seek(0)
-    loaded = torch.load(buffer, weights_only=False)
-    with torch.no_grad():
-        expected = model.eval()(images)
-        for other in (copy.deepcopy(model), loaded):
-            torch.testing.assert_close(other.eval()(images), expected, rtol=0, atol=0)
-            assert count_trainable(other).trainable == count_trainable(model).trainable
+    model = APPLY[kind](tiny_model(backbone), num_prompts=NUM_PROMPTS)
+    check_deepcopy_and_save_round_trip(model, random_images(backbone))
 
 
 def test_single_block_inserts_and_removes() -> None:
@@ -201,17 +153,13 @@ def test_single_block_inserts_and_removes() -> None:
     vpt.apply_shallow(model, num_prompts=NUM_PROMPTS)
     (block,) = model.backbone.blocks
     assert block.insert and block.remove
-    assert model(_images(TINY_TIMM)).shape == (4, NUM_CLASSES)
+    assert model(random_images(TINY_TIMM)).shape == (4, NUM_CLASSES)
 
 
 def test_rejects_bad_options_and_double_application() -> None:
-    with pytest.raises(ValueError, match="num_prompts"):
-        vpt.apply_shallow(_model(TINY_TIMM), num_prompts=0)
-    with pytest.raises(ValueError, match="backbone classifier"):
-        vpt.apply_deep(nn.Linear(2, 2))
-    model = vpt.apply_deep(_model(TINY_OPEN_CLIP))
-    with pytest.raises(ValueError, match="already has prompts"):
-        vpt.apply_shallow(model)
+    check_rejects_misuse(
+        vpt.apply_deep, {"num_prompts": 0}, "already has prompts", backbone=TINY_OPEN_CLIP, variant=vpt.apply_shallow
+    )
 
 
 def test_info() -> None:

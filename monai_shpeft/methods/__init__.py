@@ -29,6 +29,7 @@ The head trains in every method. ``shpeft`` and ``spt_lora`` choose their weight
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -48,6 +49,8 @@ __all__ = [
     "method_info",
     "prepare_network",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: every method, in the order of the benchmark's tables
 METHODS = (
@@ -167,4 +170,14 @@ def prepare_network(
         return apply_from_file(model, structure_file)
     if info.apply is None:
         return model
-    return info.apply(model, **dict(options or {}))
+    model = info.apply(model, **dict(options or {}))
+    count = count_trainable(model)
+    logger.info(
+        "Method %s (%s): %s trainable of %s parameters (%.3f%%), head included.",
+        method,
+        info.summary,
+        f"{count.trainable:,}",
+        f"{count.total:,}",
+        100 * count.ratio,
+    )
+    return model

@@ -6,6 +6,7 @@ else, the new classification head included; the head is unfrozen again here.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch.nn as nn
@@ -97,7 +98,10 @@ def apply_ln(model: nn.Module) -> nn.Module:
     targets = norm_modules(model)
     if not targets:
         raise ValueError(f"ln: the backbone {type(model.backbone).__name__} has no LayerNorm.")
-    inject_adapter_in_model(LNTuningConfig(target_modules=targets), model)
+    with warnings.catch_warnings():
+        # peft warns on LayerNorm subclasses (timm's, open_clip's); they are nn.LayerNorm and are tested to work
+        warnings.filterwarnings("ignore", message="Unsupported layer type", category=UserWarning)
+        inject_adapter_in_model(LNTuningConfig(target_modules=targets), model)
     return _unfreeze_head(model)
 
 

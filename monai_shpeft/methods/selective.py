@@ -52,6 +52,7 @@ def apply_bitfit(model: nn.Module) -> nn.Module:
     Raises:
         ValueError: when the backbone has no bias.
     """
+    head_of(model)
     biases = [p for n, p in model.backbone.named_parameters() if n.endswith("bias")]
     if not biases:
         raise ValueError(f"BitFit: the backbone {type(model.backbone).__name__} has no bias parameters.")
@@ -91,6 +92,7 @@ def apply_attention(model: nn.Module) -> nn.Module:
     Raises:
         ValueError: when no attention module is found.
     """
+    head_of(model)
     modules = attention_modules(model.backbone)
     if not modules:
         raise ValueError(f"attn: no attention module found in {type(model.backbone).__name__}.")

@@ -1,0 +1,118 @@
+"""Every baseline method through the BUSI bundle: real ``python -m monai.bundle run`` subprocesses train it (one
+epoch, tiny backbone), report its trainable count, and evaluate its checkpoint (which must load strictly into the
+network the evaluation rebuilds for the same method); SPT-LoRA's evaluation and inference rebuild its data-chosen
+LoRA structure from the saved set."""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from monai_shpeft.backbones import build_classifier
+from monai_shpeft.methods import count_trainable, prepare_network
+from monai_shpeft.sparse_set import SparseTrainableSet
+from tests.helpers import TINY_BUNDLE_ARGS, copy_bundles, monai_bundle, run_command, write_busi_folder
+
+BUNDLE = "bundles/busi"
+TRAIN = f"{BUNDLE}/configs/train.json"
+EVALUATE = f"['{TRAIN}','{BUNDLE}/configs/evaluate.json']"
+#: baselines without a bundle test elsewhere (shpeft: test_bundle_busi.py, fpt: test_bundle_fpt.py)
+FIXED_STRUCTURE = ["full", "bitfit", "ln", "attn", "adapter", "ssf", "vpt_shallow", "vpt_deep"]
+#: the logged count, e.g. "Method bitfit (...): 1,731 trainable of 138,627 parameters"
+COUNT = re.compile(r"Method (\w+) \(.*?\): ([\d,]+) trainable of ([\d,]+) parameters")
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("busi_data")
+    write_busi_folder(root / "busi", per_class=10)
+    return root / "busi"
+
+
+def _run(work: Path, config: str, data: Path, *extra: str) -> str:
+    args = ["--config_file", config, "--dataset_dir", str(data), *TINY_BUNDLE_ARGS, "--optimizer_name", "adamw"]
+    return run_command(monai_bundle("run", *args, *extra), cwd=work)
+
+
+@pytest.mark.parametrize("method", FIXED_STRUCTURE)
+def test_a_baseline_trains_and_its_checkpoint_evaluates_through_the_bundle(
+    method: str, data_root: Path, tmp_path: Path
+) -> None:
+    work = copy_bundles(tmp_path)
+    log = _run(work, TRAIN, data_root, "--method", method, "--max_epochs", "1")
+    reported = COUNT.search(log)
+    assert reported and reported.group(1) == method, log[-2000:]
+    # the same method on an identically configured model gives the count the bundle reported
+    model = prepare_network(build_classifier("timm:vit_small_patch14_dinov2", 3, image_size=28, tiny=True), method)
+    count = count_trainable(model)
+    assert (int(reported.group(2).replace(",", "")), int(reported.group(3).replace(",", ""))) == (
+        count.trainable,
+        count.total,
+    )
+    checkpoint = torch.load(work / BUNDLE / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert set(checkpoint) == set(model.state_dict())  # the method's modules are saved with the network
+
+    _run(work, EVALUATE, data_root, "--method", method)
+    _assert_test_metrics(work)
+
+
+def _assert_test_metrics(work: Path) -> None:
+    with open(work / BUNDLE / "runs" / "eval" / "metrics.csv", newline="") as handle:
+        metrics = {name: float(value) for name, value in csv.reader(handle)}
+    assert set(metrics) == {"test_f1", "test_accuracy", "test_auc"}
+    assert all(0.0 <= value <= 1.0 for value in metrics.values())
+
+
+def test_spt_lora_trains_then_evaluation_and_inference_rebuild_its_structure(data_root: Path, tmp_path: Path) -> None:
+    work = copy_bundles(tmp_path)
+    options = "{'rank': 2, 'alpha': 4}"
+    train_log = _run(
+        work,
+        TRAIN,
+        data_root,
+        "--method",
+        "spt_lora",
+        "--method_options",
+        options,
+        "--budget",
+        "0.05",
+        "--max_epochs",
+        "2",
+    )
+    set_file = work / BUNDLE / "models" / "sparse_trainable_set.safetensors"
+    trainable_set = SparseTrainableSet.load(set_file)
+    lora_modules = trainable_set.header["lora_modules"]
+    assert trainable_set.header["method"] == "spt_lora" and lora_modules, train_log[-2000:]
+    checkpoint = torch.load(work / BUNDLE / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert any(name.startswith(f"{lora_modules[0]}.lora_A") for name in checkpoint)
+
+    _run(work, EVALUATE, data_root, "--method", "spt_lora", "--method_options", options)
+    _assert_test_metrics(work)
+    predictions = work / BUNDLE / "runs" / "predictions.csv"
+    inference_args = [
+        "--config_file",
+        f"{BUNDLE}/configs/inference.json",
+        "--input_dir",
+        str(data_root / "benign"),
+        "--method",
+        "spt_lora",
+        "--backbone",
+        "timm:vit_small_patch14_dinov2",
+        "--tiny_backbone",
+        "True",
+        "--image_size",
+        "28",
+        "--num_workers",
+        "0",
+        "--device",
+        "cpu",
+    ]
+    run_command(monai_bundle("run", *inference_args), cwd=work)
+    with open(predictions, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    images = [p for p in (data_root / "benign").glob("*.png") if not p.stem.endswith("_mask")]  # masks are skipped
+    assert sorted(r["image"] for r in rows) == sorted(str(p) for p in images)
