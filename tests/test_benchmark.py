@@ -103,7 +103,7 @@ def test_summary_averages_seeds_and_scores_memory_against_full_fine_tuning() -> 
     assert rows["linear"]["memory_ratio"] == pytest.approx(0.1)
     assert rows["linear"]["pme"] == pytest.approx(0.9 * math.exp(-math.log10(1.1)))
     table = markdown_table(list(rows.values()))
-    assert "| full | reference | 1,000 | 100.000% | **75.0 ± 7.1** |" in table
+    assert "| full | reference | – | 1,000 | 100.000% | **75.0 ± 7.1** |" in table
     assert "| linear |" in table and "10%" in table
 
 
@@ -159,6 +159,26 @@ def test_the_benchmark_runs_methods_end_to_end_writes_its_report_and_resumes(wor
     assert again.returncode == 0
     assert "5 already done (resumed), 0 to run" in again.stdout
     assert json.loads((output / "results.json").read_text())["runs"] == report["runs"]
+
+    (output / "results.md").unlink()
+    rewritten = subprocess.run(
+        [sys.executable, "-m", "monai_shpeft.benchmark", "--output_dir", str(output), "--report_only"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert rewritten.returncode == 0, rewritten.stderr[-2000:]
+    assert "--methods linear,lora,shpeft,fpt" in (output / "results.md").read_text()  # the command that ran
+
+
+def test_report_only_without_a_run_says_what_is_missing(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "monai_shpeft.benchmark", "--output_dir", str(tmp_path), "--report_only"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode != 0 and "benchmark.json does not exist" in done.stderr
 
 
 def test_a_failing_run_is_recorded_the_others_go_on_and_the_next_start_retries_it(work: Path) -> None:

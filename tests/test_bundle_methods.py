@@ -21,7 +21,7 @@ BUNDLE = "bundles/busi"
 TRAIN = f"{BUNDLE}/configs/train.json"
 EVALUATE = f"['{TRAIN}','{BUNDLE}/configs/evaluate.json']"
 #: baselines without a bundle test elsewhere (shpeft: test_bundle_busi.py, fpt: test_bundle_fpt.py)
-FIXED_STRUCTURE = ["full", "bitfit", "ln", "attn", "adapter", "ssf", "vpt_shallow", "vpt_deep"]
+FIXED_STRUCTURE = ["full", "linear", "bitfit", "ln", "attn", "lora", "adapter", "ssf", "vpt_shallow", "vpt_deep"]
 #: the logged count, e.g. "Method bitfit (...): 1,731 trainable of 138,627 parameters"
 COUNT = re.compile(r"Method (\w+) \(.*?\): ([\d,]+) trainable of ([\d,]+) parameters")
 

@@ -14,6 +14,10 @@ from monai_shpeft.benchmark.protocols import PROTOCOLS, SHPEFT_BUDGETS, expand_r
 from monai_shpeft.benchmark.report import write_report
 from monai_shpeft.benchmark.runner import BenchmarkRunner
 from monai_shpeft.methods import METHODS
+from monai_shpeft.utils import atomic_write_json
+
+#: the benchmark's command, protocol and runs, saved in --output_dir before the first run
+CONTEXT_FILE = "benchmark.json"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train and test fine-tuning methods on one dataset with the same budget; write a table and plots.",
     )
     parser.add_argument("--dataset", default="busi", help="dataset layout name (default busi)")
-    parser.add_argument("--dataset_dir", required=True, help="the dataset folder in its published layout")
+    parser.add_argument("--dataset_dir", default=None, help="the dataset folder in its published layout (required)")
     parser.add_argument("--backbone", default="timm:vit_small_patch14_dinov2")
     parser.add_argument("--pretrained", default=None, help="local weights file or pretrained tag")
     parser.add_argument("--protocol", default="quick", choices=sorted(PROTOCOLS))
@@ -51,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--learning_rates", default=None, help="override per-method learning rates, e.g. 'lora=5e-4,full=1e-5'"
     )
     parser.add_argument("--tiny_backbone", action="store_true", help="the tiny test configuration (tests only)")
-    parser.add_argument("--report_only", action="store_true", help="only rewrite the table and plots from results")
+    parser.add_argument(
+        "--report_only", action="store_true", help="only rewrite the table and plots from the results in --output_dir"
+    )
     parser.add_argument("--title", default=None, help="title of the table and plots")
     return parser
 
@@ -92,6 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         head_learning_rate=args.head_learning_rate,
         learning_rates=_learning_rates(PROTOCOLS[args.protocol].learning_rates, args.learning_rates),
     )
+    output_dir = Path(args.output_dir)
+    if args.report_only:
+        return _report_only(output_dir, args.title)
+    if not args.dataset_dir:
+        raise SystemExit("--dataset_dir is required (except with --report_only).")
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     budgets = tuple(float(b) for b in args.budgets.split(",") if b.strip())
     runs = expand_runs([m.strip() for m in args.methods.split(",") if m.strip()], seeds, budgets)
@@ -102,34 +113,48 @@ def main(argv: list[str] | None = None) -> int:
         args.dataset_dir,
         args.backbone,
         args.pretrained,
-        args.output_dir,
+        output_dir,
         bundle=args.bundle,
         device=args.device,
         num_workers=args.num_workers,
         tiny_backbone=args.tiny_backbone,
     )
-    if args.report_only:
-        outcome = {"results": list(runner.completed().values()), "failed": []}
-    else:
-        outcome = runner.run()
-    results = outcome["results"]
-    memory_source = results[0]["memory_source"] if results else None
     context = {
         "command": "python -m monai_shpeft.benchmark " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+        "title": args.title or f"{args.dataset} · {args.backbone} · {protocol.name} protocol",
         "dataset": args.dataset,
         "dataset_dir": args.dataset_dir,
         "backbone": args.backbone,
         "pretrained": args.pretrained,
         "protocol": asdict(protocol),
         "seeds": seeds,
-        "memory_source": memory_source,
-        "failed": outcome["failed"],
+        "runs": [run.key for run in runs],
     }
-    title = args.title or f"{args.dataset} · {args.backbone} · {protocol.name} protocol"
-    files = write_report(results, Path(args.output_dir), context, title=title)
+    atomic_write_json(output_dir / CONTEXT_FILE, context)  # what --report_only and a reader of the results need
+    outcome = runner.run()
+    return _write(outcome["results"], output_dir, {**context, "failed": outcome["failed"]})
+
+
+def _report_only(output_dir: Path, title: str | None) -> int:
+    """Rewrite the table and plots from the results of an earlier run in ``output_dir``."""
+    context_file = output_dir / CONTEXT_FILE
+    if not context_file.is_file():
+        raise SystemExit(f"{context_file} does not exist: --report_only needs a benchmark run in --output_dir.")
+    context = json.loads(context_file.read_text())
+    if title:
+        context["title"] = title
+    files = [output_dir / "results" / f"{key}.json" for key in context["runs"]]
+    results = [json.loads(path.read_text()) for path in files if path.is_file()]
+    missing = [key for key, path in zip(context["runs"], files) if not path.is_file()]
+    return _write(results, output_dir, {**context, "failed": missing})
+
+
+def _write(results: list[dict], output_dir: Path, context: dict) -> int:
+    context = {**context, "memory_source": results[0]["memory_source"] if results else None}
+    files = write_report(results, output_dir, context, title=context["title"])
     print(json.dumps({k: str(v) for k, v in files.items()}, indent=2))
-    if outcome["failed"]:
-        print(f"{len(outcome['failed'])} run(s) failed: {', '.join(outcome['failed'])}; run again to retry them.")
+    if context["failed"]:
+        print(f"{len(context['failed'])} run(s) failed or missing: {', '.join(context['failed'])}; run again to retry.")
         return 1
     return 0
 

@@ -34,13 +34,16 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return mean, (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def summarize(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def summarize(
+    results: Sequence[dict[str, Any]], learning_rates: dict[str, float] | None = None
+) -> list[dict[str, Any]]:
     """One row per method (SH-PEFT: per budget), averaged over seeds, in run order.
 
     PME needs full fine-tuning's memory: rows get ``pme = None`` when ``full`` was not run.
 
     Args:
         results: the workers' records.
+        learning_rates: the protocol's per-method rates, for records that do not carry their own.
 
     Returns:
         rows with the means and standard deviations of test F1, accuracy and AUC, the trainable count and ratio,
@@ -65,6 +68,7 @@ def summarize(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "ratio": statistics.fmean(r["ratio"] for r in records),
             "peak_memory_mb": statistics.fmean(r["peak_memory_mb"] for r in records),
             "train_seconds": statistics.fmean(r["train_seconds"] for r in records),
+            "learning_rate": records[0].get("learning_rate", (learning_rates or {}).get(records[0]["method"])),
         }
         for metric in ("test_f1", "test_accuracy", "test_auc"):
             row[metric], row[f"{metric}_std"] = _mean_std([r[metric] for r in records])
@@ -80,12 +84,16 @@ def _pm(row: dict[str, Any], metric: str) -> str:
     return f"{100 * row[metric]:.1f}" + (f" ± {100 * std:.1f}" if len(row["seeds"]) > 1 else "")
 
 
+def _rate(value: float | None) -> str:
+    return f"{value:g}" if value is not None else "–"
+
+
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     """The summary rows as a Markdown table (scores in %, memory in MB)."""
     lines = [
-        "| method | kind | trainable | ratio | test macro-F1 | accuracy | AUC | peak memory (MB) | memory vs full | "
-        "PPE | PME | train time |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| method | kind | lr | trainable | ratio | test macro-F1 | accuracy | AUC | peak memory (MB) | "
+        "memory vs full | PPE | PME | train time |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     best = max(r["test_f1"] for r in rows) if rows else None
     for row in rows:
@@ -95,11 +103,23 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
         memory_ratio = f"{100 * row['memory_ratio']:.0f}%" if row["memory_ratio"] else "–"
         pme = f"{100 * row['pme']:.1f}" if row["pme"] is not None else "–"
         lines.append(
-            f"| {row['label']} | {row['kind']} | {row['trainable']:,} | {100 * row['ratio']:.3f}% | {f1} | "
+            f"| {row['label']} | {row['kind']} | {_rate(row['learning_rate'])} | {row['trainable']:,} | "
+            f"{100 * row['ratio']:.3f}% | {f1} | "
             f"{_pm(row, 'test_accuracy')} | {_pm(row, 'test_auc')} | {row['peak_memory_mb']:,.0f} | {memory_ratio} | "
             f"{100 * row['ppe']:.1f} | {pme} | {row['train_seconds'] / 60:.1f} min |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _save(figure: Any, path: Path) -> Path:
+    """Save a matplotlib figure as PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=120, format="png")
+    plt.close(figure)
+    return path
 
 
 def _plot(rows: Sequence[dict[str, Any]], output_dir: Path, title: str) -> list[Path]:
@@ -124,12 +144,7 @@ def _plot(rows: Sequence[dict[str, Any]], output_dir: Path, title: str) -> list[
     axis.set_xlabel("test macro-F1 (%)")
     axis.set_xlim(0, min(100, max(bars) + 12))
     axis.set_title(f"{title}: macro-F1 per method")
-    figure.tight_layout()
-    path = output_dir / "f1_per_method.png"
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=120, format="png")
-    plt.close(figure)
-    written.append(path)
+    written.append(_save(figure, output_dir / "f1_per_method.png"))
 
     # the paper's Fig. 4: F1 against trainable ratio, SH-PEFT as a line over its budgets
     figure, axis = plt.subplots(figsize=(7, 4.5))
@@ -168,12 +183,7 @@ def _plot(rows: Sequence[dict[str, Any]], output_dir: Path, title: str) -> list[
     axis.grid(alpha=0.3)
     if shpeft:
         axis.legend(loc="lower right", fontsize=8)
-    figure.tight_layout()
-    path = output_dir / "f1_vs_trainable_ratio.png"
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=120, format="png")
-    plt.close(figure)
-    written.append(path)
+    written.append(_save(figure, output_dir / "f1_vs_trainable_ratio.png"))
     return written
 
 
@@ -196,7 +206,7 @@ def write_report(
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    rows = summarize(results)
+    rows = summarize(results, context.get("protocol", {}).get("learning_rates"))
     atomic_write_json(output_dir / "results.json", {**context, "summary": rows, "runs": list(results)})
     protocol = context.get("protocol", {})
     text = [f"# {title}", ""]

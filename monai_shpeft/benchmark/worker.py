@@ -148,6 +148,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         "train_seconds": train_seconds,
         "eval_seconds": eval_seconds,
         "epochs": job["protocol"]["epochs"],
+        "learning_rate": job["protocol"]["learning_rates"][run["method"]],
         "best_validation": {"metric": key_metric, "value": float(best_value), "epoch": int(best_epoch)},
         "test_f1": metrics["test_f1"],
         "test_accuracy": metrics["test_accuracy"],

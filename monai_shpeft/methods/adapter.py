@@ -17,12 +17,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from monai_shpeft.methods.base import MethodInfo, freeze_all_but, head_of
+from monai_shpeft.methods.base import DelegatingWrapper, MethodInfo, freeze_all_but, head_of, transformer_blocks
 
 __all__ = ["AdaptedMlp", "INFO", "apply"]
 
 
-class AdaptedMlp(nn.Module):
+class AdaptedMlp(DelegatingWrapper):
     """An MLP with a parallel bottleneck adapter: ``mlp(x) + scale * up(relu(down(x)))``.
 
     Attributes the wrapper does not have (``fc1``, ``c_fc``, ...) are read from the wrapped MLP, so code that reaches
@@ -37,6 +37,8 @@ class AdaptedMlp(nn.Module):
     Raises:
         ValueError: when ``dim`` or ``bottleneck`` is not positive.
     """
+
+    wrapped_attribute = "mlp"
 
     def __init__(self, mlp: nn.Module, dim: int, bottleneck: int = 64, scale: float = 0.1) -> None:
         super().__init__()
@@ -70,14 +72,6 @@ class AdaptedMlp(nn.Module):
         """
         return self.mlp(x) + self.scale * self.up(self.act(self.down(x)))
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name == "mlp":  # not set yet (unpickling): no recursion
-                raise
-            return getattr(self.mlp, name)
-
 
 def apply(model: nn.Module, bottleneck: int = 64, scale: float = 0.1) -> nn.Module:
     """Insert an AdaptFormer adapter beside every block's MLP and train only the adapters and the head.
@@ -99,7 +93,7 @@ def apply(model: nn.Module, bottleneck: int = 64, scale: float = 0.1) -> nn.Modu
         raise ValueError(f"bottleneck must be positive, got {bottleneck}.")
     head_of(model)
     new_params: list[nn.Parameter] = []
-    for index, block in enumerate(_transformer_blocks(model.backbone)):
+    for index, block in enumerate(transformer_blocks(model.backbone)):
         mlp = getattr(block, "mlp", None)
         if not isinstance(mlp, nn.Module):
             raise ValueError(f"Block {index} ({type(block).__name__}) has no 'mlp' module to put an adapter beside.")
@@ -109,19 +103,6 @@ def apply(model: nn.Module, bottleneck: int = 64, scale: float = 0.1) -> nn.Modu
         block.mlp = adapted
         new_params.extend([adapted.down.weight, adapted.down.bias, adapted.up.weight, adapted.up.bias])
     return freeze_all_but(model, new_params)
-
-
-def _transformer_blocks(backbone: nn.Module) -> nn.Module:
-    """The blocks of a timm (``blocks``) or open_clip (``transformer.resblocks``) ViT, in depth order."""
-    blocks = getattr(backbone, "blocks", None)
-    if blocks is None:
-        blocks = getattr(getattr(backbone, "transformer", None), "resblocks", None)
-    if not isinstance(blocks, (nn.ModuleList, nn.Sequential)) or len(blocks) == 0:
-        raise ValueError(
-            f"{type(backbone).__name__} has no transformer blocks (expected timm 'blocks' or open_clip "
-            "'transformer.resblocks')."
-        )
-    return blocks
 
 
 def _mlp_width(mlp: nn.Module, index: int) -> int:

@@ -18,7 +18,15 @@ import torch.nn as nn
 
 from monai_shpeft.sparse_set import SparseTrainableSet
 
-__all__ = ["MethodInfo", "TrainableCount", "count_trainable", "freeze_all_but", "head_of"]
+__all__ = [
+    "MethodInfo",
+    "TrainableCount",
+    "DelegatingWrapper",
+    "count_trainable",
+    "freeze_all_but",
+    "head_of",
+    "transformer_blocks",
+]
 
 
 @dataclass(frozen=True)
@@ -120,3 +128,45 @@ def freeze_all_but(model: nn.Module, trainable: Iterable[nn.Parameter] | Callabl
     for param in model.parameters():
         param.requires_grad_(id(param) in keep or id(param) in head_ids)
     return model
+
+
+def transformer_blocks(backbone: nn.Module) -> nn.Module:
+    """The blocks of a timm (``blocks``) or open_clip (``transformer.resblocks``) ViT, in depth order.
+
+    Args:
+        backbone: the backbone.
+
+    Returns:
+        the ``ModuleList``/``Sequential`` of blocks (replace entries in it to wrap a block).
+
+    Raises:
+        ValueError: when neither layout is found.
+    """
+    blocks = getattr(backbone, "blocks", None)
+    if not isinstance(blocks, (nn.ModuleList, nn.Sequential)) or len(blocks) == 0:
+        blocks = getattr(getattr(backbone, "transformer", None), "resblocks", None)
+    if not isinstance(blocks, (nn.ModuleList, nn.Sequential)) or len(blocks) == 0:
+        raise ValueError(
+            f"{type(backbone).__name__} has no transformer blocks (expected timm 'blocks' or open_clip "
+            "'transformer.resblocks')."
+        )
+    return blocks
+
+
+class DelegatingWrapper(nn.Module):
+    """A module that wraps another and passes attribute reads it does not have on to it.
+
+    Library code reads attributes of the modules a method wraps (open_clip's ``get_weight_dtype`` reads
+    ``mlp.c_fc.weight``; timm reads ``attn.qkv.in_features``), so wrappers must still answer them. Subclasses name
+    the wrapped submodule in ``wrapped_attribute``.
+    """
+
+    wrapped_attribute = "base"
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == self.wrapped_attribute:  # not set yet (unpickling): no recursion
+                raise
+            return getattr(getattr(self, self.wrapped_attribute), name)

@@ -17,12 +17,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from monai_shpeft.methods.base import MethodInfo, freeze_all_but, head_of
+from monai_shpeft.methods.base import DelegatingWrapper, MethodInfo, freeze_all_but, head_of
 
 __all__ = ["ScaleShift", "INFO", "apply"]
 
 
-class ScaleShift(nn.Module):
+class ScaleShift(DelegatingWrapper):
     """A module followed by a per-channel affine map: ``base(...) * scale + shift``.
 
     When ``base`` returns a tuple (:class:`torch.nn.MultiheadAttention` returns ``(output, weights)``), its first
@@ -40,6 +40,8 @@ class ScaleShift(nn.Module):
     Raises:
         ValueError: when ``channels`` is not positive or ``init_std`` is negative.
     """
+
+    wrapped_attribute = "base"
 
     def __init__(self, base: nn.Module, channels: int, channel_dim: int = -1, init_std: float = 0.02) -> None:
         super().__init__()
@@ -81,14 +83,6 @@ class ScaleShift(nn.Module):
         shape = [1] * y.ndim
         shape[self.channel_dim] = -1
         return y * self.scale.view(shape) + self.shift.view(shape)
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name == "base":  # not set yet (unpickling): no recursion
-                raise
-            return getattr(self.base, name)
 
 
 def apply(model: nn.Module, init_std: float = 0.02) -> nn.Module:

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from monai_shpeft.methods.base import MethodInfo, freeze_all_but, head_of
+from monai_shpeft.methods.base import DelegatingWrapper, MethodInfo, freeze_all_but, head_of, transformer_blocks
 
 __all__ = ["PromptedBlock", "SHALLOW_INFO", "DEEP_INFO", "apply_shallow", "apply_deep"]
 
@@ -34,7 +34,7 @@ __all__ = ["PromptedBlock", "SHALLOW_INFO", "DEEP_INFO", "apply_shallow", "apply
 _OPEN_CLIP_PREFIX_TOKENS = 1
 
 
-class PromptedBlock(nn.Module):
+class PromptedBlock(DelegatingWrapper):
     """A transformer block that inserts, replaces and/or removes prompt tokens around its computation.
 
     The prompts occupy positions ``[num_prefix_tokens, num_prefix_tokens + num_prompts)`` of the sequence. Before
@@ -55,6 +55,8 @@ class PromptedBlock(nn.Module):
         ValueError: when ``num_prompts`` is not positive, ``num_prefix_tokens`` is negative, ``insert`` is set
             without prompts, or ``prompts`` is not ``[num_prompts, D]``.
     """
+
+    wrapped_attribute = "block"
 
     def __init__(
         self,
@@ -110,14 +112,6 @@ class PromptedBlock(nn.Module):
         if not self.batch_first:
             return torch.cat([y[:start], y[stop:]], dim=0)
         return torch.cat([y[:, :start], y[:, stop:]], dim=1)
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name == "block":  # not set yet (unpickling): no recursion
-                raise
-            return getattr(self.block, name)
 
 
 def apply_shallow(model: nn.Module, num_prompts: int = 10) -> nn.Module:
@@ -193,17 +187,11 @@ def _apply(model: nn.Module, num_prompts: int, deep: bool) -> nn.Module:
 
 def _layout(backbone: nn.Module) -> tuple[nn.Module, int, bool]:
     """``(blocks, prefix tokens, batch_first)`` of a timm (``blocks``) or open_clip (``transformer.resblocks``) ViT."""
-    blocks = getattr(backbone, "blocks", None)
-    if isinstance(blocks, (nn.ModuleList, nn.Sequential)) and len(blocks) > 0:
-        return blocks, int(getattr(backbone, "num_prefix_tokens", 1)), True  # timm blocks are batch first
+    blocks = transformer_blocks(backbone)
     transformer = getattr(backbone, "transformer", None)
-    blocks = getattr(transformer, "resblocks", None)
-    if isinstance(blocks, (nn.ModuleList, nn.Sequential)) and len(blocks) > 0:
-        return blocks, _OPEN_CLIP_PREFIX_TOKENS, bool(getattr(transformer, "batch_first", True))
-    raise ValueError(
-        f"{type(backbone).__name__} has no transformer blocks (expected timm 'blocks' or open_clip "
-        "'transformer.resblocks')."
-    )
+    if transformer is None:
+        return blocks, int(getattr(backbone, "num_prefix_tokens", 1)), True  # timm blocks are batch first
+    return blocks, _OPEN_CLIP_PREFIX_TOKENS, bool(getattr(transformer, "batch_first", True))
 
 
 def _patch_embedding_shape(backbone: nn.Module) -> tuple[int, int]:
