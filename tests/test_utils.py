@@ -59,3 +59,14 @@ def test_as_flag_reads_command_line_spellings(value: object, expected: bool) -> 
 def test_as_flag_rejects_other_words_naming_the_knob() -> None:
     with pytest.raises(ValueError, match="preload_features must be true or false, got 'ture'"):
         as_flag("ture", "preload_features")
+
+
+def test_atomic_writes_leave_an_ordinary_readable_file(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    target = tmp_path / "result.json"
+    atomic_write_json(target, {"a": 1})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask  # not mkstemp's private 0600

@@ -92,8 +92,8 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     """The summary rows as a Markdown table (scores in %, memory in MB)."""
     lines = [
         "| method | kind | lr | trainable | ratio | test macro-F1 | accuracy | AUC | peak memory (MB) | "
-        "memory vs full | PPE | PME | train time |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "memory vs full | PPE | PME |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     best = max(r["test_f1"] for r in rows) if rows else None
     for row in rows:
@@ -106,7 +106,7 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
             f"| {row['label']} | {row['kind']} | {_rate(row['learning_rate'])} | {row['trainable']:,} | "
             f"{100 * row['ratio']:.3f}% | {f1} | "
             f"{_pm(row, 'test_accuracy')} | {_pm(row, 'test_auc')} | {row['peak_memory_mb']:,.0f} | {memory_ratio} | "
-            f"{100 * row['ppe']:.1f} | {pme} | {row['train_seconds'] / 60:.1f} min |"
+            f"{100 * row['ppe']:.1f} | {pme} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -143,7 +143,7 @@ def _plot(rows: Sequence[dict[str, Any]], output_dir: Path, title: str) -> list[
         axis.text(value + 0.5, position, f"{value:.1f}", va="center", fontsize=8)
     axis.set_xlabel("test macro-F1 (%)")
     axis.set_xlim(0, min(100, max(bars) + 12))
-    axis.set_title(f"{title}: macro-F1 per method")
+    axis.set_title(f"{title}\nmacro-F1 per method", fontsize=10)
     written.append(_save(figure, output_dir / "f1_per_method.png"))
 
     # the paper's Fig. 4: F1 against trainable ratio, SH-PEFT as a line over its budgets
@@ -179,7 +179,7 @@ def _plot(rows: Sequence[dict[str, Any]], output_dir: Path, title: str) -> list[
     axis.set_xscale("log")
     axis.set_xlabel("trainable parameters (% of the network, log scale)")
     axis.set_ylabel("test macro-F1 (%)")
-    axis.set_title(f"{title}: macro-F1 against trainable ratio")
+    axis.set_title(f"{title}\nmacro-F1 against trainable ratio", fontsize=10)
     axis.grid(alpha=0.3)
     if shpeft:
         axis.legend(loc="lower right", fontsize=8)
@@ -219,7 +219,8 @@ def write_report(
         "Scores are on the held-out test split (macro-F1 is the SH-PEFT paper's metric, AUC the FPT paper's). "
         "`ratio` is trainable parameters over all parameters of the trained network (head included). PPE and PME "
         "are the FPT paper's `AUC * exp(-log10(r + 1))` with r the trainable ratio or the peak-memory ratio to full "
-        "fine-tuning. Peak memory: " + str(context.get("memory_source", "see results.json")) + ".",
+        "fine-tuning. Peak memory: " + str(context.get("memory_source", "see results.json")) + ". Training times are "
+        "in results.json (`train_seconds`); compare them only within one quiet run on one machine.",
         "",
     ]
     markdown = output_dir / "results.md"
