@@ -15,7 +15,14 @@ import torch
 from monai_shpeft.backbones import build_classifier
 from monai_shpeft.methods import count_trainable, prepare_network
 from monai_shpeft.sparse_set import SparseTrainableSet
-from tests.helpers import TINY_BUNDLE_ARGS, copy_bundles, monai_bundle, run_command, write_busi_folder
+from tests.helpers import (
+    TINY_BUNDLE_ARGS,
+    copy_bundles,
+    monai_bundle,
+    run_command,
+    torchrun_bundle,
+    write_busi_folder,
+)
 
 BUNDLE = "bundles/busi"
 TRAIN = f"{BUNDLE}/configs/train.json"
@@ -116,3 +123,20 @@ def test_spt_lora_trains_then_evaluation_and_inference_rebuild_its_structure(dat
         rows = list(csv.DictReader(handle))
     images = [p for p in (data_root / "benign").glob("*.png") if not p.stem.endswith("_mask")]  # masks are skipped
     assert sorted(r["image"] for r in rows) == sorted(str(p) for p in images)
+
+
+def test_spt_lora_trains_in_two_gloo_processes_with_the_same_allocation(data_root: Path, tmp_path: Path) -> None:
+    """Under torchrun the sensitivity is summed over ranks, LoRA goes into the same matrices on both, and the
+    network is wrapped in DDP again so that the LoRA factors are synchronised."""
+    work = copy_bundles(tmp_path)
+    multi = f"['{TRAIN}','{BUNDLE}/configs/multi_gpu_train.json']"
+    args = ["--config_file", multi, "--dataset_dir", str(data_root), *TINY_BUNDLE_ARGS, "--optimizer_name", "adamw"]
+    options = ["--method", "spt_lora", "--method_options", "{'rank': 2, 'alpha': 4}", "--budget", "0.05"]
+    output = run_command(torchrun_bundle(2, 29531, *args, *options, "--max_epochs", "1"), cwd=work)
+    fingerprints = set(re.findall(r"fingerprint ([0-9a-f]{64})", output))
+    assert len(re.findall(r"SPT-LoRA in [\d.]+ s", output)) == 2, output[-3000:]  # both ranks allocated
+    assert len(fingerprints) == 1  # ... the same entries and LoRA modules
+    trainable_set = SparseTrainableSet.load(work / BUNDLE / "models" / "sparse_trainable_set.safetensors")
+    assert trainable_set.fingerprint() in fingerprints
+    checkpoint = torch.load(work / BUNDLE / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert any(".lora_B." in name for name in checkpoint)

@@ -108,16 +108,12 @@ class SPTLoRAHandler:
         Args:
             engine: the trainer.
 
+        Under ``DistributedDataParallel`` the sensitivity is summed over ranks (so every rank allocates the same
+        LoRA modules), and the network is wrapped again once LoRA is in: DDP fixes its parameters when it wraps.
+
         Raises:
-            NotImplementedError: when the network is wrapped in ``DistributedDataParallel``.
             RuntimeError: when the trainer has no optimizer, or the handler already ran on this network.
         """
-        if isinstance(engine.network, nn.parallel.DistributedDataParallel):
-            raise NotImplementedError(
-                "SPTLoRAHandler inserts LoRA modules into the network when training starts, which "
-                "DistributedDataParallel does not allow (it fixes its parameters when it wraps the network). Train "
-                "SPT-LoRA in a single process."
-            )
         optimizer = getattr(engine, "optimizer", None)
         if optimizer is None:
             raise RuntimeError("SPTLoRAHandler needs the trainer's optimizer to add the LoRA parameters to.")
@@ -150,6 +146,8 @@ class SPTLoRAHandler:
         params = dict(network.named_parameters())
         for name, entries in trainable_set.indices.items():
             params[name].requires_grad_(entries.numel() > 0)
+        if isinstance(engine.network, nn.parallel.DistributedDataParallel):
+            engine.network = _rewrapped(engine.network)
         if self.save_path is not None and is_main_process():
             trainable_set.save(self.save_path)
             self.logger.info("Saved the SPT-LoRA trainable set to %s.", self.save_path)
@@ -239,6 +237,21 @@ class SPTLoRAHandler:
             group.get("weight_decay"),
             len(schedulers),
         )
+
+
+def _rewrapped(ddp: nn.parallel.DistributedDataParallel) -> nn.parallel.DistributedDataParallel:
+    """A new DDP over the same module, so that it registers the LoRA parameters (every rank calls this at STARTED).
+
+    Its construction broadcasts rank 0's parameters, so the randomly initialised LoRA factors agree on every rank.
+    The old wrapper (still held by the validation evaluator) only runs forward passes without gradients.
+    """
+    return nn.parallel.DistributedDataParallel(
+        ddp.module,
+        device_ids=ddp.device_ids,
+        output_device=ddp.output_device,
+        broadcast_buffers=ddp.broadcast_buffers,
+        find_unused_parameters=ddp.find_unused_parameters,
+    )
 
 
 def _device_of(network: nn.Module) -> torch.device:
