@@ -87,7 +87,7 @@ def copy_bundles(destination: Path, names: Sequence[str] = ("busi",)) -> Path:
     """Copy the shared base configs and the named bundles, so runs write their metadata into the copy."""
     import shutil
 
-    for name in ("_base", "_schema", *names):
+    for name in ("_base", *names):
         shutil.copytree(
             REPO_ROOT / "bundles" / name,
             destination / "bundles" / name,

@@ -166,7 +166,7 @@ def test_ckpt_export_and_verify_commands(trained: Path) -> None:
             "--meta_file",
             f"{BUNDLE}/configs/metadata.json",
             "--filepath",
-            "bundles/_schema/metadata_schema.json",
+            "monai_shpeft/zoo/metadata_schema.json",
         ),
         cwd=trained,
     )
@@ -186,7 +186,7 @@ def test_verify_metadata_rejects_a_broken_record(tmp_path: Path) -> None:
                 "--meta_file",
                 f"{BUNDLE}/configs/metadata.json",
                 "--filepath",
-                "bundles/_schema/metadata_schema.json",
+                "monai_shpeft/zoo/metadata_schema.json",
             ),
             cwd=work,
         )

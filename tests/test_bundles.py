@@ -35,7 +35,7 @@ from tests.helpers import REPO_ROOT, TINY_BUNDLE_ARGS, copy_bundles, monai_bundl
 pytestmark = pytest.mark.filterwarnings("ignore:No hash value provided:UserWarning")
 
 PARTS = ("training", "validation", "test")
-SCHEMA = REPO_ROOT / "bundles" / "_schema" / "metadata_schema.json"
+SCHEMA = REPO_ROOT / "monai_shpeft" / "zoo" / "metadata_schema.json"
 #: every bundle of the repository (BUSI included), by the folder holding its configs/metadata.json
 ALL_BUNDLES = sorted(p.parent.parent.name for p in (REPO_ROOT / "bundles").glob("*/configs/metadata.json"))
 

@@ -1,0 +1,99 @@
+"""``python -m monai_shpeft.zoo``: export a sparse delta, package a bundle, run the model-zoo checks.
+
+Examples (from the repository root)::
+
+    python -m monai_shpeft.zoo export_delta bundles/busi --backbone timm:vit_small_patch14_dinov2 \\
+        --pretrained ../shared/weights/vit_small_patch14_dinov2.safetensors --image_size 112
+    python -m monai_shpeft.zoo package bundles/busi --output_dir dist
+    python -m monai_shpeft.zoo check dist/busi_v0.4.0.zip \\
+        --pretrained ../shared/weights/vit_small_patch14_dinov2.safetensors
+
+Knobs after the positional argument (``--key value``) override the bundle config, as with ``monai.bundle run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from monai_shpeft.zoo.check import check_bundle, parse_overrides
+from monai_shpeft.zoo.export import export_bundle_delta
+from monai_shpeft.zoo.package import package_bundle
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m monai_shpeft.zoo", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    export = commands.add_parser("export_delta", help="write models/delta.safetensors for a trained bundle")
+    export.add_argument("bundle_dir")
+    export.add_argument("--ckpt_file", default=None, help="trained checkpoint (default <ckpt_dir>/model.pt)")
+    export.add_argument("--delta_file", default=None, help="output (default <ckpt_dir>/delta.safetensors)")
+    export.add_argument("--no_record", action="store_true", help="do not record the delta in metadata.json")
+
+    package = commands.add_parser("package", help="build the model-zoo zip <name>_v<version>.zip")
+    package.add_argument("bundle_dir")
+    package.add_argument("--output_dir", default="dist")
+    package.add_argument("--macro_root", default=".", help="directory config macros are relative to (repo root)")
+    package.add_argument("--include_checkpoint", action="store_true", help="also ship models/model.pt")
+    package.add_argument("--checkpoint_url", default=None, help="list models/model.pt in large_files.yml")
+
+    check = commands.add_parser("check", help="run the model-zoo checks on a bundle folder or zip")
+    check.add_argument("path")
+    check.add_argument("--device", default="cpu")
+    check.add_argument("--skip_commands", action="store_true", help="skip verify_net_in_out and ckpt_export")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (1 when a check fails, 2 for bad input)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    arguments, extra = _parser().parse_known_args(argv)
+    try:
+        return _run(arguments, extra)
+    except (FileNotFoundError, ValueError, KeyError) as error:  # bad input: say what and where, no traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(arguments: argparse.Namespace, extra: list[str]) -> int:
+    if arguments.command == "export_delta":
+        result = export_bundle_delta(
+            arguments.bundle_dir,
+            parse_overrides(extra),
+            ckpt_file=arguments.ckpt_file,
+            delta_file=arguments.delta_file,
+            record=not arguments.no_record,
+        )
+        print(
+            f"{result['path']}: {result['bytes']:,} bytes = {result['ratio_to_checkpoint']:.3%} of "
+            f"{result['checkpoint']} ({result['checkpoint_bytes']:,} bytes); "
+            f"{result['sparse_entries']:,} changed backbone entries, {result['dense_entries']:,} entries stored whole"
+        )
+        return 0
+    if extra and arguments.command == "package":
+        raise SystemExit(f"package takes no config overrides: {' '.join(extra)}")
+    if arguments.command == "package":
+        archive = package_bundle(
+            arguments.bundle_dir,
+            output_dir=arguments.output_dir,
+            macro_root=arguments.macro_root,
+            include_checkpoint=arguments.include_checkpoint,
+            checkpoint_url=arguments.checkpoint_url,
+        )
+        print(archive)
+        return 0
+    parse_overrides(extra)  # fail early on malformed pairs
+    results = check_bundle(arguments.path, extra, device=arguments.device, run_commands=not arguments.skip_commands)
+    for result in results:
+        print(result.line())
+    failed = [r.name for r in results if not r.passed]
+    summary = f"{len(results) - len(failed)} of {len(results)} checks passed"
+    print(summary + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""Package a bundle folder into the self-contained zip a MONAI model zoo hosts (``<name>_v<version>.zip``).
+
+Repository bundles share their pipeline through ``%bundles/_base/configs/...`` macros, which only resolve from the
+repository root. The package inlines every such macro so that each config stands alone, sets ``bundle_root`` to
+``"."`` (commands run from the unpacked bundle's folder, as in the model zoo), bakes the trained network's recipe
+(backbone, input size, method) into the configs, ships the sparse delta instead of the full checkpoint, and lists the
+full checkpoint in ``large_files.yml`` when a download URL is given.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from monai_shpeft.delta import SparseDelta
+from monai_shpeft.utils import atomic_path, sha256_of_file
+
+__all__ = ["LARGE_FILES_NAME", "flatten_macros", "package_bundle", "package_name"]
+
+logger = logging.getLogger(__name__)
+
+LARGE_FILES_NAME = "large_files.yml"
+#: files of models/ shipped in the package (the full checkpoint only on request)
+_SHIPPED_MODEL_FILES = ("delta.safetensors", "sparse_trainable_set.safetensors")
+#: top-level knobs set from the delta's recipe in every config that has them
+_BAKED_KNOBS = ("backbone", "image_size", "method", "method_options", "tiny_backbone", "budget")
+#: a fixed timestamp for zip entries, so that packaging the same bundle twice gives the same bytes
+_ZIP_TIME = (2024, 1, 1, 0, 0, 0)
+
+
+def package_name(metadata: Mapping[str, Any], bundle_name: str) -> str:
+    """The model zoo's archive name, ``<bundle>_v<version>.zip``."""
+    return f"{bundle_name}_v{metadata['version']}.zip"
+
+
+def flatten_macros(value: Any, root: Path, _seen: tuple[str, ...] = ()) -> Any:
+    """Replace every ``%<file>#<id>`` macro by the (recursively flattened) content it points to.
+
+    Macros inside one file (``%#id``) and references (``@id``) are kept: they resolve within the config.
+
+    Args:
+        value: a config value (dict, list or scalar).
+        root: the directory relative paths of macros are resolved from (the repository root for our bundles).
+
+    Returns:
+        the value without cross-file macros.
+
+    Raises:
+        FileNotFoundError: if a macro names a file that does not exist.
+        KeyError: if a macro names an id the file does not have.
+        ValueError: for a cycle of macros.
+    """
+    if isinstance(value, dict):
+        return {key: flatten_macros(item, root, _seen) for key, item in value.items()}
+    if isinstance(value, list):
+        return [flatten_macros(item, root, _seen) for item in value]
+    if not (isinstance(value, str) and value.startswith("%") and not value.startswith("%#")):
+        return value
+    file_part, _, id_part = value[1:].partition("#")
+    if value in _seen:
+        raise ValueError(f"cyclic config macro: {' -> '.join((*_seen, value))}")
+    path = (root / file_part).resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"config macro {value!r} names a missing file: {path}")
+    content: Any = json.loads(path.read_text(encoding="utf-8"))
+    for key in filter(None, id_part.split("#")):
+        if isinstance(content, list):
+            content = content[int(key)]
+        elif key in content:
+            content = content[key]
+        else:
+            raise KeyError(f"config macro {value!r}: {path} has no id '{id_part}'")
+    return flatten_macros(content, root, (*_seen, value))
+
+
+def package_bundle(
+    bundle_dir: str | os.PathLike,
+    output_dir: str | os.PathLike = "dist",
+    macro_root: str | os.PathLike = ".",
+    include_checkpoint: bool = False,
+    checkpoint_url: str | None = None,
+) -> Path:
+    """Build the model-zoo zip of a bundle folder.
+
+    Args:
+        bundle_dir: the bundle (``configs/``, ``docs/``, ``LICENSE``, ``models/``).
+        output_dir: where to write ``<name>_v<version>.zip``.
+        macro_root: the directory config macros are relative to (the repository root).
+        include_checkpoint: also put ``models/model.pt`` in the zip (a model zoo refuses files over 25 MB).
+        checkpoint_url: a public URL of ``models/model.pt``; it is then listed, with its SHA-256, in
+            ``large_files.yml`` for ``python -m monai.bundle download_large_files``.
+
+    Returns:
+        the zip written.
+
+    Raises:
+        FileNotFoundError: if the bundle lacks its metadata, or a checkpoint URL is given without the checkpoint.
+    """
+    bundle = Path(bundle_dir)
+    metadata_path = bundle / "configs" / "metadata.json"
+    if not metadata_path.is_file():
+        raise FileNotFoundError(f"{bundle} is not a bundle: {metadata_path} not found.")
+    metadata = json.loads(metadata_path.read_text(encoding="utf-8"))
+    delta_path = bundle / "models" / "delta.safetensors"
+    recipe = SparseDelta.load(delta_path).recipe if delta_path.is_file() else {}
+    checkpoint = bundle / "models" / "model.pt"
+    if checkpoint_url and not checkpoint.is_file():
+        raise FileNotFoundError(f"--checkpoint_url given but {checkpoint} does not exist.")
+
+    with tempfile.TemporaryDirectory() as staging_dir:
+        staging = Path(staging_dir) / bundle.name
+        (staging / "configs").mkdir(parents=True)
+        for config in sorted((bundle / "configs").glob("*.json")):
+            content = json.loads(config.read_text(encoding="utf-8"))
+            if config.name != "metadata.json":
+                content = _standalone_config(content, Path(macro_root), recipe)
+            else:
+                content = _packaged_metadata(content, recipe)
+            (staging / "configs" / config.name).write_text(json.dumps(content, indent=4) + "\n", encoding="utf-8")
+        for extra in ("configs/logging.conf", "LICENSE"):
+            if (bundle / extra).is_file():
+                shutil.copy2(bundle / extra, staging / extra)
+        if (bundle / "docs").is_dir():
+            shutil.copytree(bundle / "docs", staging / "docs")
+        (staging / "models").mkdir()
+        shipped = [*_SHIPPED_MODEL_FILES, *(("model.pt",) if include_checkpoint else ())]
+        for name in shipped:
+            if (bundle / "models" / name).is_file():
+                shutil.copy2(bundle / "models" / name, staging / "models" / name)
+        if checkpoint_url:
+            _write_large_files(staging / LARGE_FILES_NAME, checkpoint, checkpoint_url)
+        archive = Path(output_dir) / package_name(metadata, bundle.name)
+        _write_zip(staging, archive)
+    logger.info("Packaged %s into %s.", bundle, archive)
+    return archive
+
+
+def _standalone_config(content: dict[str, Any], macro_root: Path, recipe: Mapping[str, Any]) -> dict[str, Any]:
+    flat = flatten_macros(content, macro_root)
+    if "bundle_root" in flat:
+        flat["bundle_root"] = "."
+    for knob in _BAKED_KNOBS:
+        if knob in flat and knob in recipe:
+            flat[knob] = recipe[knob]
+    return flat
+
+
+def _packaged_metadata(metadata: dict[str, Any], recipe: Mapping[str, Any]) -> dict[str, Any]:
+    packaged = dict(metadata)
+    image_size = recipe.get("image_size")
+    if image_size:
+        for spec in packaged.get("network_data_format", {}).get("inputs", {}).values():
+            if isinstance(spec, dict) and len(spec.get("spatial_shape", [])) == 2:
+                spec["spatial_shape"] = [image_size, image_size]
+    return packaged
+
+
+def _write_large_files(path: Path, checkpoint: Path, url: str) -> None:
+    # the model zoo's layout: a list of {path, url, hash_val, hash_type}; written as YAML by hand (flat strings)
+    lines = [
+        "large_files:",
+        '  - path: "models/model.pt"',
+        f'    url: "{url}"',
+        f'    hash_val: "{sha256_of_file(checkpoint)}"',
+        '    hash_type: "sha256"',
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _write_zip(staging: Path, archive: Path) -> None:
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(archive) as tmp:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as handle:
+            for path in sorted(p for p in staging.rglob("*") if p.is_file()):
+                entry = zipfile.ZipInfo(str(Path(staging.name) / path.relative_to(staging)), date_time=_ZIP_TIME)
+                entry.compress_type = zipfile.ZIP_DEFLATED
+                entry.external_attr = 0o644 << 16
+                handle.writestr(entry, path.read_bytes())
