@@ -98,7 +98,7 @@ def test_the_package_passes_the_model_zoo_checks(shared: dict[str, Path]) -> Non
 def test_the_zip_is_self_contained_and_ships_the_delta_not_the_checkpoint(
     shared: dict[str, Path], tmp_path: Path
 ) -> None:
-    assert shared["zip"].name == "busi_v0.3.0.zip"
+    assert shared["zip"].name == "busi_v0.4.0.zip"
     bundle = unpack(shared["zip"], tmp_path)
     assert (bundle / "models" / "delta.safetensors").is_file() and not (bundle / "models" / "model.pt").exists()
     inference = json.loads((bundle / "configs" / "inference.json").read_text())
@@ -189,6 +189,10 @@ def test_check_names_what_a_model_zoo_would_refuse(shared: dict[str, Path], tmp_
     metadata["changelog"]["0.9.0"] = "y"
     metadata_file.write_text(json.dumps(metadata))
     assert "not the newest" in _failures(bundle)["version"]
+    metadata["changelog"].pop("0.9.0")
+    metadata[DELTA_RECORD_KEY]["sha256"] = "not-a-digest"
+    metadata_file.write_text(json.dumps(metadata))
+    assert "bundle schema" in _failures(bundle)["metadata"]  # the delta record is validated too
     del metadata["network_data_format"]
     metadata_file.write_text(json.dumps(metadata))
     assert "bundle schema" in _failures(bundle)["metadata"]
