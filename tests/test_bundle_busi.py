@@ -11,6 +11,7 @@ import torch
 
 from monai_shpeft.sparse_set import SparseTrainableSet
 from monai_shpeft.utils import sha256_of_file
+from monai_shpeft.zoo import METADATA_SCHEMA
 from tests.helpers import (
     TINY_BUNDLE_ARGS,
     copy_bundles,
@@ -166,7 +167,7 @@ def test_ckpt_export_and_verify_commands(trained: Path) -> None:
             "--meta_file",
             f"{BUNDLE}/configs/metadata.json",
             "--filepath",
-            "monai_shpeft/zoo/metadata_schema.json",
+            str(METADATA_SCHEMA),
         ),
         cwd=trained,
     )
@@ -186,7 +187,7 @@ def test_verify_metadata_rejects_a_broken_record(tmp_path: Path) -> None:
                 "--meta_file",
                 f"{BUNDLE}/configs/metadata.json",
                 "--filepath",
-                "monai_shpeft/zoo/metadata_schema.json",
+                str(METADATA_SCHEMA),
             ),
             cwd=work,
         )

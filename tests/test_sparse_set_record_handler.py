@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from monai_shpeft.handlers import GradientMaskHandler, ImportanceEstimationHandler, SparseSetRecordHandler
+from monai_shpeft.handlers.sparse_set_record_handler import COUNT_HEATMAP_TAG, RATIO_HEATMAP_TAG
 from monai_shpeft.utils import sha256_of_file
 from tests.helpers import image_label_loader, make_trainer, tiny_classifier
 
@@ -32,7 +34,11 @@ def test_record_is_written_with_counts_and_hash(tmp_path: Path) -> None:
     assert record["selected"] == 30 and record["budget"] == 30 and record["strategy"] == "l2"
     assert sum(record["counts_per_block"].values()) == 30
     assert record["file"] == "set.safetensors" and record["sha256"] == sha256_of_file(set_file)
-    assert list((tmp_path / "tb").glob("events.out.tfevents.*")), "the heatmap was not logged"
+    event_files = list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    assert event_files, "the heatmaps were not logged"
+    images = EventAccumulator(str(event_files[0]), size_guidance={"images": 0}).Reload().Tags()["images"]
+    assert set(images) == {RATIO_HEATMAP_TAG, COUNT_HEATMAP_TAG}
+    assert COUNT_HEATMAP_TAG == "sparse_trainable_set/count_per_block_and_layer"
 
 
 def test_broken_metadata_is_reported(tmp_path: Path) -> None:

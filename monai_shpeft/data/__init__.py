@@ -13,6 +13,13 @@ from monai_shpeft.data.covid19_radiography import (
 from monai_shpeft.data.covid_cxr import COVID_CXR_CLASSES, COVID_CXR_LAYOUT, covid_cxr_datalist
 from monai_shpeft.data.datalist import DatalistError, inference_items, load_datalist, prepare_datalist
 from monai_shpeft.data.ddsm import DDSM_CLASSES, DDSM_LAYOUT, ddsm_datalist
+from monai_shpeft.data.duplicates import (
+    DUPLICATE_MODES,
+    DuplicateIndex,
+    DuplicateReport,
+    find_cross_split_duplicates,
+    find_duplicates,
+)
 from monai_shpeft.data.feature_cache import (
     FEATURE_CACHE_VERSION,
     FeatureCacheError,
@@ -53,6 +60,9 @@ __all__ = [
     "DATASETS",
     "DDSM_CLASSES",
     "DDSM_LAYOUT",
+    "DUPLICATE_MODES",
+    "DuplicateIndex",
+    "DuplicateReport",
     "DatalistError",
     "inference_items",
     "DatasetLayout",
@@ -74,6 +84,8 @@ __all__ = [
     "covid19_radiography_datalist",
     "covid_cxr_datalist",
     "ddsm_datalist",
+    "find_cross_split_duplicates",
+    "find_duplicates",
     "get_layout",
     "isic2018_datalist",
     "kermany_datalist",

@@ -84,14 +84,22 @@ def class_folder_items(
         ``[{"image": path, "label": index}, ...]`` sorted by class then file name.
 
     Raises:
-        FileNotFoundError: if a class folder is missing.
+        FileNotFoundError: if ``root`` is empty or a class folder is missing.
         ValueError: if ``root`` has a folder that is not a class, or a class folder holds no image.
     """
-    unknown = sorted(
-        p.name for p in root.iterdir() if p.is_dir() and p.name not in classes and not p.name.startswith(".")
-    )
+    entries = [p for p in root.iterdir() if not p.name.startswith(".")]
+    if not entries:
+        raise FileNotFoundError(
+            f"{dataset} dataset folder {root} is empty (expected {expected}). Is dataset_dir the right folder, and "
+            "did the download finish unpacking?"
+        )
+    unknown = sorted(p.name for p in entries if p.is_dir() and p.name not in classes)
     if unknown:
-        raise ValueError(f"{root} has folder(s) {unknown} that are not {dataset} classes {list(classes)}.")
+        raise ValueError(
+            f"{root} has folder(s) {unknown} that are not {dataset} classes {list(classes)}: every folder there is "
+            "read as a class, and this bundle has no label for these. Move them out of the dataset folder, or use a "
+            "bundle whose classes include them."
+        )
     allowed = {s.lower() for s in suffixes}
     items: list[dict] = []
     for label, name in enumerate(classes):
@@ -109,7 +117,10 @@ def class_folder_items(
             and not (is_mask is not None and is_mask(p))
         )
         if not images:
-            raise ValueError(f"{dataset} class folder {folder} holds no image.")
+            raise ValueError(
+                f"{dataset} class folder {folder} holds no image ({', '.join(sorted(allowed))}): a class without "
+                "images cannot be learned or tested. Add its images, or check that dataset_dir is the right folder."
+            )
         items.extend({"image": str(p), "label": label} for p in images)
     return items
 

@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
+from monai_shpeft.handlers.checkpoint_check_handler import (
+    CheckpointCheckHandler,
+    CheckpointMismatchError,
+    check_checkpoint,
+)
+from monai_shpeft.handlers.epoch_seed_handler import EpochSeedHandler
 from monai_shpeft.handlers.feature_preload_handler import FeaturePreloadHandler
 from monai_shpeft.handlers.gradient_mask_handler import GradientMaskHandler
 from monai_shpeft.handlers.importance_estimation_handler import ImportanceEstimationHandler
 from monai_shpeft.handlers.prediction_writer_handler import PredictionWriter
+from monai_shpeft.handlers.resume_handler import ResumeError, ResumeHandler
 from monai_shpeft.handlers.sparse_set_record_handler import SparseSetRecordHandler
 from monai_shpeft.handlers.spt_lora_handler import SPTLoRAHandler
 
 __all__ = [
+    "CheckpointCheckHandler",
+    "CheckpointMismatchError",
+    "EpochSeedHandler",
     "FeaturePreloadHandler",
     "GradientMaskHandler",
     "ImportanceEstimationHandler",
     "PredictionWriter",
+    "ResumeError",
+    "ResumeHandler",
     "SPTLoRAHandler",
     "SparseSetRecordHandler",
+    "check_checkpoint",
 ]

@@ -21,10 +21,14 @@ if TYPE_CHECKING:
 else:
     Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
 
-__all__ = ["RECORD_KEY", "SparseSetRecordHandler"]
+__all__ = ["COUNT_HEATMAP_TAG", "RATIO_HEATMAP_TAG", "RECORD_KEY", "SparseSetRecordHandler"]
 
 #: key of the record in ``metadata.json``
 RECORD_KEY = "sparse_trainable_set"
+#: TensorBoard tag of the heatmap of the trainable fraction per block and layer type
+RATIO_HEATMAP_TAG = "sparse_trainable_set/ratio_per_block_and_layer"
+#: TensorBoard tag of the heatmap of the number of trainable entries per block and layer type
+COUNT_HEATMAP_TAG = "sparse_trainable_set/count_per_block_and_layer"
 
 
 class SparseSetRecordHandler:
@@ -33,7 +37,8 @@ class SparseSetRecordHandler:
     The record holds the strategy, lambda, budget, selected count, ratio, counts per block, and the set's file
     name and SHA-256, so a bundle's metadata says exactly which weights its model trains. The metadata file is
     rewritten atomically (a run killed at any moment leaves the old or the new file). With ``tensorboard_dir``
-    a heatmap of the trainable ratio per block and layer type is logged as an image.
+    two heatmaps are logged as images: the trainable ratio and the number of trainable entries per block and
+    layer type.
 
     Runs once, as soon as the set is on ``engine.state`` (after :class:`ImportanceEstimationHandler`), on the
     main process only when training is distributed.
@@ -41,7 +46,7 @@ class SparseSetRecordHandler:
     Args:
         metadata_file: the bundle's ``configs/metadata.json``.
         set_file: the saved set (its name and hash go into the record); ``None`` records no file.
-        tensorboard_dir: where to log the heatmap; ``None`` skips it.
+        tensorboard_dir: where to log the heatmaps; ``None`` skips them.
         summary_writer: an existing ``SummaryWriter`` to log with instead of ``tensorboard_dir``.
     """
 
@@ -112,20 +117,25 @@ class SparseSetRecordHandler:
         return record
 
     def log_heatmap(self, trainable_set: SparseTrainableSet, step: int) -> None:
-        """Log the trainable-ratio heatmap to TensorBoard, if a writer or directory was given."""
+        """Log the trainable-ratio and trainable-count heatmaps to TensorBoard, if a writer or directory was given.
+
+        Args:
+            trainable_set: the set to draw.
+            step: the global step the images are logged at.
+        """
         writer = self.summary_writer
         if writer is None and self.tensorboard_dir is None:
             return
-        from monai_shpeft.plots import trainable_heatmap_figure
+        from monai_shpeft.plots import trainable_count_heatmap_figure, trainable_heatmap_figure
 
         owns_writer = writer is None
         if owns_writer:
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(log_dir=str(self.tensorboard_dir))
-        writer.add_figure(
-            "sparse_trainable_set/ratio_per_block_and_layer", trainable_heatmap_figure(trainable_set), global_step=step
-        )
+        writer.add_figure(RATIO_HEATMAP_TAG, trainable_heatmap_figure(trainable_set), global_step=step)
+        # the ratio alone hides how many weights a cell holds: a fully trained bias can be fewer than 0.1% of a matrix
+        writer.add_figure(COUNT_HEATMAP_TAG, trainable_count_heatmap_figure(trainable_set), global_step=step)
         writer.flush()
         if owns_writer:
             writer.close()

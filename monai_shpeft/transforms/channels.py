@@ -10,8 +10,7 @@ from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import MapTransform, RepeatChannel, Transform
 from monai.utils import TransformBackends
 
-from monai_shpeft.transforms._checks import as_image_tensor
-from monai_shpeft.transforms.errors import InvalidImageError
+from monai_shpeft.transforms._checks import as_image_tensor, invalid_image
 
 __all__ = ["ToRGB", "ToRGBd"]
 
@@ -52,9 +51,10 @@ class ToRGB(Transform):
             return RepeatChannel(repeats=3)(tensor[:1])
         if channels == 4:
             return tensor[:3]
-        raise InvalidImageError(
+        raise invalid_image(
             f"ToRGB expects a channel-first image with 1 (grey), 2 (grey + alpha), 3 (RGB) or 4 (RGBA) channels, "
-            f"got shape {tuple(tensor.shape)}; is it channel-last? (load with ensure_channel_first)"
+            f"got shape {tuple(tensor.shape)}; is it channel-last? (load with ensure_channel_first)",
+            tensor,
         )
 
 

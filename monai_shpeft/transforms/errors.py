@@ -39,4 +39,16 @@ class ImageReadError(ValueError):
 
 
 class InvalidImageError(ValueError):
-    """An array transform was given an image it cannot process (wrong shape, no values, NaN/inf, no window, ...)."""
+    """An array transform was given an image it cannot process (wrong shape, no values, NaN/inf, no window, ...).
+
+    Args:
+        message: the full message (it names the image's file when the transform knew it).
+        path: the file the image was loaded from, if known.
+    """
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+    def __reduce__(self):  # keep the path when the error crosses a DataLoader worker boundary
+        return (self.__class__, (self.args[0] if self.args else "", self.path))

@@ -12,7 +12,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 from monai.utils import MetaKeys, TransformBackends
 
-from monai_shpeft.transforms._checks import as_image_tensor
+from monai_shpeft.transforms._checks import as_image_tensor, invalid_image
 from monai_shpeft.transforms.errors import InvalidImageError
 from monai_shpeft.transforms.meta import SourceMetaKeys
 
@@ -71,7 +71,10 @@ class SelectFrame(Transform):
             axis = int(recorded) if isinstance(recorded, int | np.integer) and 0 <= int(recorded) <= 2 else None
         axis = 0 if axis is None else axis
         count = tensor.shape[axis + 1]
-        position = self._resolve(self.index if index is None else index, count)
+        try:
+            position = self._resolve(self.index if index is None else index, count)
+        except InvalidImageError as error:
+            raise invalid_image(str(error), tensor) from None
         out = tensor.select(axis + 1, position)
         if isinstance(out, MetaTensor):
             out.meta[SourceMetaKeys.SELECTED_FRAME] = position

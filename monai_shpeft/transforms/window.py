@@ -12,8 +12,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends
 
-from monai_shpeft.transforms._checks import as_image_tensor, finish_unit, working_float
-from monai_shpeft.transforms.errors import InvalidImageError
+from monai_shpeft.transforms._checks import as_image_tensor, finish_unit, invalid_image, working_float
 from monai_shpeft.transforms.intensity import SCALE_MODES, ScaleToUnitRange
 from monai_shpeft.transforms.meta import SourceMetaKeys
 
@@ -136,9 +135,10 @@ class DicomWindow(Transform):
                 function = file_function if file_function in VOI_LUT_FUNCTIONS else "LINEAR"
         if window_center is None or window_width is None:
             if self.fallback == "error":
-                raise InvalidImageError(
+                raise invalid_image(
                     "DicomWindow has no window: pass center/width, or load a DICOM file with WindowCenter/"
-                    "WindowWidth, or set fallback to a scaling mode."
+                    "WindowWidth, or set fallback to a scaling mode.",
+                    tensor,
                 )
             out = ScaleToUnitRange(mode=self.fallback)(tensor)
             window_center = window_width = math.nan
