@@ -29,11 +29,10 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from monai_shpeft.importance import unwrap
-from monai_shpeft.utils import atomic_path, sha256_of_file
+from monai_shpeft.utils import atomic_path, read_safetensors, sha256_of_file
 
 __all__ = [
     "DELTA_FORMAT",
@@ -226,14 +225,7 @@ class SparseDelta:
             ValueError: if it is not a readable sparse delta.
         """
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"sparse delta file not found: {path}")
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                metadata = handle.metadata() or {}
-                tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-        except Exception as error:  # safetensors raises its own error types for corrupt files
-            raise ValueError(f"{path} is not a readable safetensors file: {error}") from error
+        metadata, tensors = read_safetensors(path, "sparse delta")
         if metadata.get("format") != DELTA_FORMAT:
             kind = metadata.get("format", "no format tag")
             raise ValueError(f"{path} is a safetensors file but not a sparse delta ({kind}).")

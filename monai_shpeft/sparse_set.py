@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
-from monai_shpeft.utils import atomic_path
+from monai_shpeft.utils import atomic_path, read_safetensors
 
 __all__ = [
     "SparseSetMismatchError",
@@ -382,14 +381,7 @@ class SparseTrainableSet:
             ValueError: if the file is not a sparse trainable set.
         """
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"sparse trainable set file not found: {path}")
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                metadata = handle.metadata() or {}
-                tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-        except Exception as error:  # safetensors raises its own error types for corrupt files
-            raise ValueError(f"{path} is not a readable safetensors file: {error}") from error
+        metadata, tensors = read_safetensors(path, "sparse trainable set")
         if metadata.get("format") != FORMAT_NAME:
             raise ValueError(f"{path} is a safetensors file but not a sparse trainable set (format tag missing).")
         info = json.loads(metadata[_HEADER_KEY])

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["as_flag", "atomic_path", "atomic_write_json", "sha256_of_file"]
+__all__ = ["as_flag", "atomic_path", "atomic_write_json", "read_safetensors", "sha256_of_file"]
 
 
 @contextlib.contextmanager
@@ -103,3 +103,31 @@ def as_flag(value: Any, name: str = "flag") -> bool:
     if word in _TRUE_WORDS:
         return True
     raise ValueError(f"{name} must be true or false, got {value!r}.")
+
+
+def read_safetensors(path: str | os.PathLike, what: str) -> tuple[dict[str, str], dict[str, Any]]:
+    """Read every tensor and the string metadata of a ``.safetensors`` file, with errors that name it.
+
+    Args:
+        path: the file.
+        what: what the file should be (e.g. ``"sparse delta"``), for the error messages.
+
+    Returns:
+        ``(metadata, tensors)``.
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        ValueError: if it is not a readable safetensors file.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except Exception as error:  # safetensors raises its own error types for corrupt files
+        raise ValueError(f"{path} is not a readable safetensors file: {error}") from error
+    return metadata, tensors
