@@ -351,7 +351,7 @@ def choose_weights(weights: str, ckpt_file: str | os.PathLike, delta_file: str |
 
     Args:
         weights: ``"checkpoint"`` (the full ``model.pt``), ``"delta"`` (public backbone + sparse delta) or
-            ``"auto"`` (the checkpoint if present, else the delta).
+            ``"auto"`` (the checkpoint if present, else the delta if present, else ``"checkpoint"``).
         ckpt_file: the full checkpoint.
         delta_file: the sparse delta.
 
@@ -360,7 +360,7 @@ def choose_weights(weights: str, ckpt_file: str | os.PathLike, delta_file: str |
 
     Raises:
         ValueError: for an unknown ``weights`` value.
-        FileNotFoundError: if the chosen file (or, for ``"auto"``, both) is missing.
+        FileNotFoundError: if the file explicitly chosen is missing.
     """
     if weights not in _WEIGHT_SOURCES:
         raise ValueError(f"weights must be one of {', '.join(_WEIGHT_SOURCES)}; got {weights!r}.")
@@ -368,13 +368,9 @@ def choose_weights(weights: str, ckpt_file: str | os.PathLike, delta_file: str |
     if weights == "auto":
         if has_ckpt:
             return "checkpoint"
-        if has_delta:
-            return "delta"
-        raise FileNotFoundError(
-            f"No trained weights: neither the checkpoint {ckpt_file} nor the sparse delta {delta_file} exists. "
-            "Train the bundle first, or fetch the files listed in large_files.yml with "
-            "'python -m monai.bundle download_large_files --bundle_path <bundle>'."
-        )
+        # with neither file, "checkpoint": the network still builds (verify_net_in_out checks shapes only), and
+        # running inference stops at the checkpoint check with its own clear error
+        return "delta" if has_delta else "checkpoint"
     chosen, present = (ckpt_file, has_ckpt) if weights == "checkpoint" else (delta_file, has_delta)
     if not present:
         raise FileNotFoundError(f"--weights {weights}: {chosen} does not exist.")

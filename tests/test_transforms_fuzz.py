@@ -122,7 +122,8 @@ def fuzz_files(draw: st.DrawFn) -> dict:
         "size": draw(st.sampled_from([1, 3, 16])),
         "train": draw(st.booleans()),
         "monochrome1": draw(st.booleans()),
-        "window": draw(st.sampled_from([None, (40.0, 400.0), (0.0, 0.0), (float("nan"), 10.0)])),
+        # a NaN window is not fuzzed: pydicom refuses to write "nan" into a DS element
+        "window": draw(st.sampled_from([None, (40.0, 400.0), (0.0, 0.0), (1e6, 1e-3)])),
     }
 
 
