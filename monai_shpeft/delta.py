@@ -139,7 +139,7 @@ class SparseDelta:
                     dense[name] = value.clone().contiguous()
                 continue
             before = base_state[name].detach().to("cpu")
-            # NaN != NaN would count as a change; a NaN weight would be a bug elsewhere, so compare bit patterns
+            # a NaN weight counts as changed (NaN != NaN) and is stored: the rebuild still reproduces it exactly
             changed = (value != before).reshape(-1).nonzero().squeeze(1)
             index_bytes = 4 if value.numel() < 2**31 else 8
             if changed.numel() * (index_bytes + value.element_size()) >= value.numel() * value.element_size():

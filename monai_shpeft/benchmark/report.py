@@ -112,14 +112,11 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _save(figure: Any, path: Path) -> Path:
-    """Save a matplotlib figure as PNG atomically and close it."""
-    import matplotlib.pyplot as plt
+    """Lay out a figure, then save it with :func:`monai_shpeft.plots.save_figure` (atomic PNG, figure closed)."""
+    from monai_shpeft.plots import save_figure
 
     figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=120, format="png")
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def _plot(rows: Sequence[dict[str, Any]], output_dir: Path, title: str) -> list[Path]:
