@@ -5,6 +5,10 @@ top ``budget`` of them through a binary mask ``M`` (Eq. 2). :class:`SparseTraina
 compact form: for each parameter, the sorted flat indices of its trainable entries, plus the shapes of every
 parameter in scope (so a set can be checked against a model before it is used) and a small header that says
 how it was made (backbone, strategy, lambda, budget).
+
+A set is chosen globally (:meth:`SparseTrainableSet.from_importance`: the top entries over the whole scope, as
+SH-PEFT does) or per neuron (:meth:`SparseTrainableSet.from_importance_per_row`: the same number of top entries in
+every row of every weight matrix, as GPS does).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +34,7 @@ __all__ = [
     "layer_type_of",
     "resolve_budget",
     "select_top_k",
+    "select_top_k_per_row",
 ]
 
 FORMAT_NAME = "monai_shpeft.sparse_trainable_set"
@@ -147,6 +152,38 @@ def select_top_k(importance: Mapping[str, torch.Tensor], k: int) -> dict[str, to
     return result
 
 
+def select_top_k_per_row(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Pick the ``k`` entries with the largest importance in every row of a weight tensor.
+
+    A row is an output neuron: dimension 0 of the tensor, every other dimension flattened into its incoming
+    connections (a ``Linear`` weight ``(out, in)``: one row per output feature; a convolution ``(out, in, kh, kw)``:
+    one row per output channel). A row with ``k`` or fewer entries is selected whole. Ties are taken in order of
+    position, as in :func:`select_top_k`, so the result is deterministic.
+
+    Args:
+        scores: importance of each entry, at least 2-D.
+        k: entries to select per row, at least 1.
+
+    Returns:
+        sorted flat indices (int64, CPU) into ``scores`` of the selected entries, ``min(k, row length)`` per row.
+
+    Raises:
+        ValueError: if ``scores`` has fewer than two dimensions, ``k`` is below 1, or a score is NaN.
+    """
+    if scores.dim() < 2:
+        raise ValueError(f"per-row selection needs a tensor of two or more dimensions, got {list(scores.shape)}.")
+    if isinstance(k, bool) or int(k) < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}.")
+    rows = scores.detach().float().cpu().reshape(scores.shape[0], -1)
+    if torch.isnan(rows).any():
+        raise ValueError("importance contains NaN; the estimation is not usable.")
+    k = min(int(k), rows.shape[1])
+    # a stable descending sort keeps equal scores in position order, so ties go to the lowest column
+    columns = torch.sort(rows, dim=1, descending=True, stable=True).indices[:, :k]
+    flat = columns + torch.arange(rows.shape[0]).unsqueeze(1) * rows.shape[1]
+    return torch.sort(flat.flatten()).values.to(torch.int64)
+
+
 @dataclass
 class SparseTrainableSet:
     """Per-parameter trainable entries of a backbone, with the header that says how they were chosen.
@@ -206,6 +243,59 @@ class SparseTrainableSet:
         shapes = {n: tuple(t.shape) for n, t in importance.items()}
         info = dict(header or {})
         info.setdefault("budget", budget)
+        return cls(indices=indices, shapes=shapes, header=info, scope=scope)
+
+    @classmethod
+    def from_importance_per_row(
+        cls,
+        importance: Mapping[str, torch.Tensor],
+        budget: float | int,
+        matrices: Collection[str] | None = None,
+        header: Mapping[str, Any] | None = None,
+        scope: str | None = "backbone",
+    ) -> SparseTrainableSet:
+        """Select the top ``K`` entries of every row of every weight matrix (GPS's per-neuron selection).
+
+        Each row of a matrix in ``matrices`` is an output neuron and keeps its ``K`` most important incoming
+        connections (see :func:`select_top_k_per_row`). ``K`` is the same for every neuron, chosen so that the total
+        is about ``budget`` of *all* entries of ``importance``: ``K = max(1, round(resolve_budget(budget, total) /
+        rows))`` with ``rows`` the number of rows of the matrices; rows shorter than ``K`` are selected whole, so the
+        total can fall below the budget. Tensors of ``importance`` outside ``matrices`` (biases, norms, position and
+        class tokens) are in the set's scope but get no entry.
+
+        Args:
+            importance: per-parameter importance, in model order (every parameter in scope).
+            budget: ratio (float) or count (int) of the entries of ``importance`` to train, about.
+            matrices: names of the weights whose rows are neurons (e.g. ``Linear`` and convolution weights); ``None``
+                takes every tensor of two or more dimensions.
+            header: extra description to keep with the set; ``budget`` and ``k_per_row`` are recorded.
+            scope: the submodule the parameters belong to.
+
+        Returns:
+            the sparse trainable set.
+
+        Raises:
+            ValueError: if a name of ``matrices`` is not in ``importance`` or has fewer than two dimensions, no
+                matrix is given, the budget is out of range, or a score is NaN.
+        """
+        names = [n for n, t in importance.items() if t.dim() >= 2] if matrices is None else list(matrices)
+        for name in names:
+            if name not in importance or importance[name].dim() < 2:
+                found = list(importance[name].shape) if name in importance else "not in the importance"
+                raise ValueError(f"per-row selection needs weight matrices; '{name}' is {found}.")
+        if not names:
+            raise ValueError("per-row selection needs at least one weight matrix; got none.")
+        total = sum(t.numel() for t in importance.values())
+        rows = sum(int(importance[n].shape[0]) for n in names)
+        k = max(1, round(resolve_budget(budget, total) / rows))
+        bad = next((n for n in names if torch.isnan(importance[n]).any()), None)
+        if bad is not None:
+            raise ValueError(f"importance of parameter '{bad}' contains NaN; the estimation is not usable.")
+        indices = {name: select_top_k_per_row(importance[name], k) for name in names}
+        shapes = {n: tuple(t.shape) for n, t in importance.items()}
+        info = dict(header or {})
+        info.setdefault("budget", budget)
+        info["k_per_row"] = k
         return cls(indices=indices, shapes=shapes, header=info, scope=scope)
 
     # ------------------------------------------------------------------ counts

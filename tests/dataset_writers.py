@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -38,11 +39,17 @@ _PIL_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".jfif": "JPEG", ".png": "PNG",
 
 
 def write_image(path: Path, value: int = 100, size: int = 8) -> Path:
-    """Write a real ``size`` x ``size`` RGB image of constant ``value`` in the format its suffix names."""
+    """Write a real ``size`` x ``size`` RGB image around ``value`` in the format its suffix names.
+
+    The pixels are ``value`` plus noise seeded by ``value`` and the file name: files of one name and value (in
+    two part folders) are the same picture, as in releases that file an image twice; any others are different
+    pictures. Flat pictures would all be near duplicates of each other (one difference hash): one cluster that a
+    split keeping duplicates together, the default, could not divide.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.full((size, size, 3), value % 256, dtype=np.uint8)).save(
-        path, format=_PIL_FORMATS[path.suffix.lower()]
-    )
+    rng = np.random.default_rng([value % 256, zlib.crc32(path.name.encode())])
+    pixels = np.clip(rng.normal(value % 256, 40, (size, size, 3)), 0, 255).astype(np.uint8)
+    Image.fromarray(pixels).save(path, format=_PIL_FORMATS[path.suffix.lower()])
     return path
 
 

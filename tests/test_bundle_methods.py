@@ -1,11 +1,12 @@
 """Every baseline method through the BUSI bundle: real ``python -m monai.bundle run`` subprocesses train it (one
 epoch, tiny backbone), report its trainable count, and evaluate its checkpoint (which must load strictly into the
 network the evaluation rebuilds for the same method); SPT-LoRA's evaluation and inference rebuild its data-chosen
-LoRA structure from the saved set."""
+LoRA structure from the saved set; GPS trains exactly its per-neuron set."""
 
 from __future__ import annotations
 
 import csv
+import json
 import re
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import torch
 
 from monai_shpeft.backbones import build_classifier
 from monai_shpeft.methods import count_trainable, prepare_network
+from monai_shpeft.methods.gps import neuron_weight_names
 from monai_shpeft.sparse_set import SparseTrainableSet
 from tests.helpers import (
     TINY_BUNDLE_ARGS,
@@ -27,7 +29,7 @@ from tests.helpers import (
 BUNDLE = "bundles/busi"
 TRAIN = f"{BUNDLE}/configs/train.json"
 EVALUATE = f"['{TRAIN}','{BUNDLE}/configs/evaluate.json']"
-#: baselines without a bundle test elsewhere (shpeft: test_bundle_busi.py, fpt: test_bundle_fpt.py)
+#: baselines without a bundle test elsewhere (shpeft: test_bundle_busi.py, fpt: test_bundle_fpt.py) or below
 FIXED_STRUCTURE = ["full", "linear", "bitfit", "ln", "attn", "lora", "adapter", "ssf", "vpt_shallow", "vpt_deep"]
 #: the logged count, e.g. "Method bitfit (...): 1,731 trainable of 138,627 parameters"
 COUNT = re.compile(r"Method (\w+) \(.*?\): ([\d,]+) trainable of ([\d,]+) parameters")
@@ -123,6 +125,39 @@ def test_spt_lora_trains_then_evaluation_and_inference_rebuild_its_structure(dat
         rows = list(csv.DictReader(handle))
     images = [p for p in (data_root / "benign").glob("*.png") if not p.stem.endswith("_mask")]  # masks are skipped
     assert sorted(r["image"] for r in rows) == sorted(str(p) for p in images)
+
+
+def test_gps_trains_its_per_neuron_set_through_the_bundle_and_evaluates(data_root: Path, tmp_path: Path) -> None:
+    from monai.utils import set_determinism
+
+    work = copy_bundles(tmp_path)
+    log = _run(work, TRAIN, data_root, "--method", "gps", "--max_epochs", "1")
+    models = work / BUNDLE / "models"
+    trainable_set = SparseTrainableSet.load(models / "sparse_trainable_set.safetensors")
+    header = trainable_set.header
+    assert (header["selection"], header["strategy"], header["mode"], header["budget"]) == (
+        "per_neuron",
+        "l1",
+        "task_specific",
+        0.01,
+    ), log[-2000:]
+    set_determinism(seed=0)  # the bundle's seed: the same initial network
+    initial = build_classifier("timm:vit_small_patch14_dinov2", 3, image_size=28, tiny=True)
+    matrices = neuron_weight_names(initial)
+    assert set(trainable_set.trainable_names()) == set(matrices)  # no bias, norm or token
+    for name in matrices:
+        rows = trainable_set.mask(name).reshape(trainable_set.shapes[name][0], -1)
+        assert (rows.sum(dim=1) == header["k_per_row"]).all(), name
+    record = json.loads((work / BUNDLE / "configs" / "metadata.json").read_text())["sparse_trainable_set"]
+    assert record["selection"] == "per_neuron" and record["selected"] == trainable_set.num_selected
+
+    trained = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
+    for name, start in initial.state_dict().items():
+        if name in trainable_set.shapes:  # everything outside the set is the initial backbone, bit for bit
+            frozen = ~trainable_set.mask(name)
+            assert torch.equal(trained[name][frozen], start[frozen]), name
+    _run(work, EVALUATE, data_root, "--method", "gps")
+    _assert_test_metrics(work)
 
 
 def test_spt_lora_trains_in_two_gloo_processes_with_the_same_allocation(data_root: Path, tmp_path: Path) -> None:

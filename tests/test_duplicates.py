@@ -12,7 +12,13 @@ import pytest
 from PIL import Image, PngImagePlugin
 from pydicom.data import get_testdata_file
 
-from monai_shpeft.data import find_cross_split_duplicates, find_duplicates, prepare_datalist
+from monai_shpeft.data import (
+    DatalistError,
+    busi_datalist,
+    find_cross_split_duplicates,
+    find_duplicates,
+    prepare_datalist,
+)
 from monai_shpeft.data.duplicates import (
     DEFAULT_THRESHOLD,
     check_duplicate_mode,
@@ -252,7 +258,7 @@ def parts_of(split: dict[str, list[dict]]) -> dict[str, str]:
 
 def test_prepare_datalist_reports_or_keeps_duplicates_together(tmp_path: Path) -> None:
     root, copies = busi_with_duplicates(tmp_path / "busi")
-    reported = prepare_datalist("busi", root, tmp_path / "report.json", seed=0)
+    reported = prepare_datalist("busi", root, tmp_path / "report.json", seed=0, duplicates="report")
     record = json.loads((tmp_path / "report.json").read_text())["duplicates"]
     where = parts_of(reported)
     crossing = [pair for pair in copies if where[pair[0]] != where[pair[1]]]
@@ -268,6 +274,9 @@ def test_prepare_datalist_reports_or_keeps_duplicates_together(tmp_path: Path) -
     assert all(where[a] == where[b] for a, b in copies)
     assert record["mode"] == "keep_together" and record["cross_split_clusters"] == 0
     assert {p: len(v) for p, v in together.items()} == {p: len(v) for p, v in reported.items()}
+    # keeping them together is the default
+    assert prepare_datalist("busi", root, tmp_path / "default.json", seed=0) == together
+    assert json.loads((tmp_path / "default.json").read_text())["duplicates"]["mode"] == "keep_together"
 
     prepare_datalist("busi", root, tmp_path / "ignore.json", duplicates="ignore")
     assert json.loads((tmp_path / "ignore.json").read_text())["duplicates"] == {"mode": "ignore"}
@@ -276,12 +285,49 @@ def test_prepare_datalist_reports_or_keeps_duplicates_together(tmp_path: Path) -
     assert not (tmp_path / "bad.json").exists()
 
 
+def test_every_fold_keeps_duplicates_together_by_default(tmp_path: Path) -> None:
+    root, copies = busi_with_duplicates(tmp_path / "busi")
+    every = sorted(item["image"] for item in busi_datalist(root))
+    leaked = 0
+    for seed in (0, 1):
+        tested: list[str] = []
+        for fold in range(3):
+            split = prepare_datalist("busi", root, tmp_path / f"s{seed}f{fold}.json", seed=seed, num_folds=3, fold=fold)
+            record = json.loads((tmp_path / f"s{seed}f{fold}.json").read_text())["duplicates"]
+            where = parts_of(split)
+            assert all(where[a] == where[b] for a, b in copies), (seed, fold)
+            assert record["mode"] == "keep_together" and record["cross_split_clusters"] == 0
+            assert record["exact_clusters"] == 6
+            assert all({item["label"] for item in part} == {0, 1, 2} for part in split.values())
+            tested += [item["image"] for item in split["test"]]
+            prepare_datalist(
+                "busi", root, tmp_path / f"r{seed}f{fold}.json", seed=seed, num_folds=3, fold=fold, duplicates="report"
+            )
+            leaked += json.loads((tmp_path / f"r{seed}f{fold}.json").read_text())["duplicates"]["cross_split_clusters"]
+        assert sorted(tested) == every  # the three test folds still hold every image once
+    assert leaked, "without keep_together some copies straddle parts: the test would prove nothing otherwise"
+
+
+def test_clusters_too_large_to_keep_together_say_what_to_do(tmp_path: Path) -> None:
+    """Flat pictures all share one difference hash: one cluster holding every image cannot be split."""
+    root = tmp_path / "busi"
+    for label, name in enumerate(("benign", "malignant", "normal")):
+        for index in range(1, 11):
+            save(root / name / f"{name} ({index}).png", np.full((32, 32), 40 * label + index, np.uint8))
+    for folds in (None, 3):
+        with pytest.raises(DatalistError) as info:
+            prepare_datalist("busi", root, tmp_path / "datalist.json", num_folds=folds)
+        message = str(info.value)
+        assert "cannot all be kept in one part" in message and "--duplicates report" in message
+    assert prepare_datalist("busi", root, tmp_path / "datalist.json", num_folds=3, duplicates="report")["test"]
+
+
 def test_an_official_split_is_reported_not_rearranged(tmp_path: Path) -> None:
     """The Chaoyang writer files each flat test picture also as a training picture: 8 leaks, reported only."""
     root = write_chaoyang(tmp_path / "chaoyang", train_per_class=6, test_per_class=2)
     release = root / "chaoyang-data"
     plain = prepare_datalist("chaoyang", root, tmp_path / "plain.json", duplicates="ignore")
-    # exact duplicates only: flat pictures all share one difference hash
+    # exact duplicates only (threshold -1): the same-named train / test pictures
     kept = prepare_datalist(
         "chaoyang", root, tmp_path / "kept.json", duplicates="keep_together", duplicate_threshold=-1
     )

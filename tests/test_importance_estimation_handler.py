@@ -95,3 +95,23 @@ def test_dedicated_loader_and_iteration_count(tmp_path: Path) -> None:
     trainer = make_trainer(network, image_label_loader(), SGD, [handler, GradientMaskHandler()])
     trainer.run()
     assert handler.trainable_set.header["estimation_iterations"] == 5
+
+
+def test_per_neuron_selection_saves_a_gps_set_and_unknown_selections_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "gps.safetensors"
+    handler, info = estimate_with_trainer(
+        tmp_path, budget=0.01, strategy="l1", mode="task_specific", selection="per_neuron", save_path=path
+    )
+    selected = handler.trainable_set
+    assert info["changed"] == [] and selected.header["selection"] == "per_neuron"
+    assert selected.header["k_per_row"] >= 1 and SparseTrainableSet.load(path) == selected
+    global_set, _ = estimate_with_trainer(tmp_path, budget=0.01, strategy="l1", mode="task_specific")
+    assert "selection" not in global_set.trainable_set.header and global_set.trainable_set != selected
+    # what the bundles pass: the method's recipe replaces the strategy and mode knobs
+    recipe, _ = estimate_with_trainer(tmp_path, budget=0.01, strategy="l2", mode="hybrid", method="gps")
+    assert recipe.trainable_set == selected
+    assert (recipe.trainable_set.header["method"], recipe.trainable_set.header["strategy"]) == ("gps", "l1")
+    shpeft, _ = estimate_with_trainer(tmp_path, budget=0.01, method="shpeft")
+    assert shpeft.selection == "global" and "method" not in shpeft.trainable_set.header
+    with pytest.raises(ValueError, match="selection must be one of global, per_neuron"):
+        ImportanceEstimationHandler(selection="per_row")

@@ -29,7 +29,7 @@ def _model() -> nn.Module:
 
 def test_every_method_of_both_papers_tables_is_registered_with_a_description() -> None:
     expected = {"full", "linear", "bitfit", "ln", "attn", "lora", "adapter", "ssf", "vpt_shallow", "vpt_deep"}
-    assert expected | {"spt_lora", "shpeft", "fpt"} == set(METHODS)
+    assert expected | {"spt_lora", "gps", "shpeft", "fpt"} == set(METHODS)
     kinds = {"reference", "selective", "additive", "prompt", "selective+additive", "side network"}
     for name in METHODS:
         info = method_info(name)
@@ -37,7 +37,7 @@ def test_every_method_of_both_papers_tables_is_registered_with_a_description() -
         assert info.kind in kinds and info.summary and info.reference
 
 
-@pytest.mark.parametrize("method", [m for m in METHODS if m not in ("fpt", "spt_lora", "shpeft")])
+@pytest.mark.parametrize("method", [m for m in METHODS if m not in ("fpt", "spt_lora", "gps", "shpeft")])
 def test_prepare_network_leaves_the_head_and_only_the_method_trainable(method: str) -> None:
     model = prepare_network(_model(), method)
     count = count_trainable(model)
@@ -53,9 +53,10 @@ def test_prepare_network_leaves_the_head_and_only_the_method_trainable(method: s
         assert model(torch.randn(2, 3, 28, 28)).shape == (2, 3)
 
 
-def test_shpeft_and_spt_lora_choose_their_weights_when_training_starts() -> None:
+def test_shpeft_gps_and_spt_lora_choose_their_weights_when_training_starts() -> None:
     model = _model()
     assert prepare_network(model, "shpeft") is model
+    assert prepare_network(model, "gps") is model  # the importance-estimation handler selects per neuron
     assert prepare_network(model, "spt_lora") is model  # structure comes from data, in SPTLoRAHandler
     assert count_trainable(model).trainable == count_trainable(model).total
 

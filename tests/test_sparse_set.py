@@ -15,6 +15,7 @@ from monai_shpeft.sparse_set import (
     layer_type_of,
     resolve_budget,
     select_top_k,
+    select_top_k_per_row,
 )
 
 
@@ -142,3 +143,62 @@ def test_check_compatible_names_the_first_mismatch() -> None:
 def test_indices_out_of_range_are_refused() -> None:
     with pytest.raises(ValueError, match="outside its 4 entries"):
         SparseTrainableSet(indices={"w": torch.tensor([4])}, shapes={"w": (2, 2)})
+
+
+# ---------------------------------------------------------------- per-neuron selection (GPS)
+MATRICES = ["backbone.blocks.0.attn.qkv.weight", "backbone.blocks.1.mlp.fc1.weight"]  # 12 + 8 rows of 4
+
+
+# K = max(1, round(budget of the 108 entries / 20 rows)); a row of 4 has at most 4
+@pytest.mark.parametrize(("budget", "k", "per_row"), [(0.01, 1, 1), (0.2, 1, 1), (0.3, 2, 2), (40, 2, 2), (1.0, 5, 4)])
+def test_per_row_selection_keeps_the_k_largest_of_every_row(budget: float | int, k: int, per_row: int) -> None:
+    importance = random_importance()
+    selected = SparseTrainableSet.from_importance_per_row(importance, budget, MATRICES, header={"backbone": "t"})
+    assert selected.header == {"backbone": "t", "budget": budget, "k_per_row": k}
+    for name in MATRICES:
+        mask = selected.mask(name)
+        assert (mask.sum(dim=1) == per_row).all()
+        scores = importance[name]
+        if per_row < 4:
+            kept = scores.masked_fill(~mask, float("inf")).min(dim=1).values
+            dropped = scores.masked_fill(mask, float("-inf")).max(dim=1).values
+            assert (kept > dropped).all()
+    assert selected.num_selected == 20 * per_row
+    assert selected.frozen_names() == [n for n in importance if n not in MATRICES]  # tokens, biases and norms
+    assert list(selected.shapes) == list(importance)  # the whole scope, so the set checks against a model
+
+
+def test_per_row_selection_of_a_convolution_works_per_output_channel_and_round_trips(tmp_path: Path) -> None:
+    generator = torch.Generator().manual_seed(3)
+    importance = {"backbone.conv.weight": torch.rand(4, 3, 2, 2, generator=generator), "backbone.b": torch.rand(4)}
+    selected = SparseTrainableSet.from_importance_per_row(importance, 8, ["backbone.conv.weight"])
+    mask = selected.mask("backbone.conv.weight").reshape(4, -1)
+    assert selected.header["k_per_row"] == 2 and (mask.sum(dim=1) == 2).all()
+    top = importance["backbone.conv.weight"].reshape(4, -1).topk(2, dim=1).indices
+    assert torch.equal(mask.nonzero()[:, 1].reshape(4, 2), top.sort(dim=1).values)
+    loaded = SparseTrainableSet.load(selected.save(tmp_path / "gps.safetensors"))
+    assert loaded == selected and loaded.header["k_per_row"] == 2
+
+
+def test_per_row_selection_breaks_ties_by_position_and_takes_short_rows_whole() -> None:
+    assert select_top_k_per_row(torch.ones(2, 3), 2).tolist() == [0, 1, 3, 4]
+    assert select_top_k_per_row(torch.tensor([[0.0, 2.0, 1.0]]), 5).tolist() == [0, 1, 2]
+    default = SparseTrainableSet.from_importance_per_row(random_importance(), 0.2)  # every tensor of 2+ dims
+    assert default.counts_per_tensor()["backbone.pos_embed"] == 1  # one row of 20: its single top entry
+
+
+def test_per_row_selection_refuses_bad_input() -> None:
+    importance = random_importance()
+    with pytest.raises(ValueError, match="'backbone.norm.weight' is \\[4\\]"):
+        SparseTrainableSet.from_importance_per_row(importance, 0.1, ["backbone.norm.weight"])
+    with pytest.raises(ValueError, match="not in the importance"):
+        SparseTrainableSet.from_importance_per_row(importance, 0.1, ["backbone.head.weight"])
+    with pytest.raises(ValueError, match="at least one weight matrix"):
+        SparseTrainableSet.from_importance_per_row(importance, 0.1, [])
+    importance["backbone.blocks.1.mlp.fc1.weight"][2, 1] = float("nan")
+    with pytest.raises(ValueError, match="'backbone.blocks.1.mlp.fc1.weight' contains NaN"):
+        SparseTrainableSet.from_importance_per_row(importance, 0.1, MATRICES)
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        select_top_k_per_row(torch.ones(2, 2), 0)
+    with pytest.raises(ValueError, match="budget"):
+        SparseTrainableSet.from_importance_per_row(random_importance(), 0.0, MATRICES)

@@ -32,7 +32,7 @@ class Protocol:
         epochs: training epochs of every method.
         batch_size: mini-batch size of every method.
         val_interval: validate every this many epochs.
-        estimation_iterations: mini-batches of the SH-PEFT / SPT estimation (``None``: one epoch, the paper's).
+        estimation_iterations: mini-batches of the SH-PEFT / SPT / GPS estimation (``None``: one epoch, the paper's).
         learning_rates: per-method learning rate.
         head_learning_rate: learning rate of the new head.
         weight_decay: AdamW weight decay of every method.
@@ -76,6 +76,7 @@ _LEARNING_RATES = {
     "vpt_shallow": 1e-3,
     "vpt_deep": 1e-3,
     "spt_lora": 5e-4,
+    "gps": 5e-5,  # SH-PEFT's: it too moves a sparse set of pretrained weights with AdamW
     "shpeft": 5e-5,
     "fpt": 5e-4,
 }
@@ -125,7 +126,7 @@ class RunSpec:
     Args:
         method: a name of :data:`monai_shpeft.methods.METHODS`.
         seed: seed of the split and of training.
-        budget: SH-PEFT / SPT budget (ratio of the backbone), ``None`` for the other methods.
+        budget: SH-PEFT / SPT / GPS budget (ratio of the backbone), ``None`` for the other methods.
         options: the method's options (``method_options`` of the bundles).
     """
 
@@ -149,7 +150,7 @@ class RunSpec:
 def expand_runs(
     methods: Sequence[str], seeds: Sequence[int], budgets: tuple[float, ...] = SHPEFT_BUDGETS
 ) -> list[RunSpec]:
-    """The runs of a benchmark: every method for every seed, SH-PEFT once per budget.
+    """The runs of a benchmark: every method for every seed, SH-PEFT once per budget, SPT and GPS at 1%.
 
     Args:
         methods: method names, or ``["all"]``.
@@ -166,7 +167,7 @@ def expand_runs(
         for method in names:
             if method == "shpeft":
                 runs.extend(RunSpec(method, seed, budget) for budget in budgets)
-            elif method == "spt_lora":
+            elif method in ("spt_lora", "gps"):
                 runs.append(RunSpec(method, seed, 0.01))
             else:
                 runs.append(RunSpec(method, seed))

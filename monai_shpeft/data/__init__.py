@@ -40,7 +40,7 @@ from monai_shpeft.data.pediatric_cxr import (
     pediatric_cxr3_datalist,
     pediatric_cxr_datalist,
 )
-from monai_shpeft.data.split import stratified_split
+from monai_shpeft.data.split import GroupSplitError, kfold_split, stratified_split
 
 __all__ = [
     "FEATURE_CACHE_VERSION",
@@ -98,4 +98,6 @@ __all__ = [
     "prepare_datalist",
     "register_layout",
     "stratified_split",
+    "kfold_split",
+    "GroupSplitError",
 ]

@@ -1,4 +1,8 @@
-"""A dataset's split as a MONAI datalist JSON: written once (seeded, stratified, atomically), then reused."""
+"""A dataset's split as a MONAI datalist JSON: written once (seeded, stratified, atomically), then reused.
+
+The split is the dataset's official one, a seeded stratified train / validation / test split, or one fold of a
+seeded stratified k-fold split; duplicate images are kept in one part by default.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from typing import Any
 
 from monai_shpeft.data.duplicates import DEFAULT_THRESHOLD, check_duplicate_mode, find_duplicates
 from monai_shpeft.data.layout import get_layout
-from monai_shpeft.data.split import stratified_split
+from monai_shpeft.data.split import GroupSplitError, check_folds, kfold_split, minimum_kfold_size, stratified_split
 from monai_shpeft.utils import atomic_write_json
 
 __all__ = ["DatalistError", "load_datalist", "prepare_datalist"]
@@ -31,15 +35,20 @@ def prepare_datalist(
     datalist_file: str | os.PathLike,
     fractions: Sequence[float] = (0.7, 0.1, 0.2),
     seed: int = 0,
-    duplicates: str = "report",
+    duplicates: str = "keep_together",
     duplicate_threshold: int = DEFAULT_THRESHOLD,
+    num_folds: int | None = None,
+    fold: int = 0,
 ) -> dict[str, list[dict]]:
     """Return the split of a dataset, writing ``datalist_file`` if it does not exist yet.
 
     The file is MONAI's datalist format (``{"training": [...], "validation": [...], "test": [...]}`` with
     ``{"image": path, "label": int}`` items, as read by ``monai.data.load_decathlon_datalist``) plus a
-    ``"classes"`` list and the ``"seed"`` and ``"fractions"`` that made it. An existing file is reused as it is,
-    so evaluation always runs on images never seen in training.
+    ``"classes"`` list and the ``"seed"``, ``"fractions"``, ``"num_folds"`` and ``"fold"`` that made it. An
+    existing file is reused as it is, so evaluation always runs on images never seen in training; it must have
+    been made with the same ``seed``, ``num_folds`` and ``fold`` (a file without ``num_folds`` / ``fold``, e.g.
+    written by hand, counts as ``None`` / 0, one without ``seed`` as any seed), so that runs of two folds or two
+    seeds never share one split by accident.
 
     Args:
         dataset: a registered layout name (see :mod:`monai_shpeft.data.layout`), e.g. ``"busi"``.
@@ -48,41 +57,75 @@ def prepare_datalist(
         fractions: training, validation, test fractions of a new split, for datasets without an official split.
             A dataset with an official train/test split but no validation part gets its validation part
             carved from its training part (stratified, ``fractions[1]`` of the whole).
-        seed: seed of a new split.
+        seed: seed of a new split (and of the folds).
         duplicates: what a new split does about exact and near-duplicate images
-            (:mod:`monai_shpeft.data.duplicates`): ``"ignore"``; ``"report"`` (logged, and recorded under
-            ``"duplicates"`` in the file); ``"keep_together"`` (each cluster of duplicates in one part, and
-            reported). An official split is never rearranged: its duplicates are reported only.
+            (:mod:`monai_shpeft.data.duplicates`): ``"keep_together"`` (the default: each cluster of duplicates in
+            one part, and reported); ``"report"`` (logged, and recorded under ``"duplicates"`` in the file);
+            ``"ignore"``. An official split is never rearranged: its duplicates are reported only.
         duplicate_threshold: near-duplicate Hamming threshold of the 256-bit difference hashes.
+        num_folds: for datasets without an official split, take fold ``fold`` of a seeded stratified
+            ``num_folds``-fold split (:func:`~monai_shpeft.data.split.kfold_split`, with duplicate clusters kept
+            in one fold under ``"keep_together"``) instead of the ``fractions`` split: the test part is that fold,
+            the validation part ``fractions[1]`` of all images drawn from the other folds. ``None``: no folds.
+        fold: which fold is the test part, ``0 .. num_folds - 1``.
 
     Returns:
         the three parts.
 
     Raises:
-        DatalistError: if an existing file is broken or names missing images.
-        ValueError: for an unknown ``duplicates`` mode.
+        DatalistError: if an existing file is broken, names missing images or was made with another ``seed``,
+            ``num_folds`` or ``fold``, or if the images are too few for the split.
+        ValueError: for an unknown ``duplicates`` mode, a ``fold`` or ``num_folds`` out of range, or
+            ``num_folds`` with a dataset that has an official split.
     """
     check_duplicate_mode(duplicates)
+    if num_folds is not None:
+        num_folds, fold = check_folds(num_folds, fold, fractions[1])
+    elif fold != 0:
+        raise ValueError(f"fold={fold!r} needs num_folds (e.g. num_folds=5; bundles: --num_folds 5 --fold {fold}).")
     path = Path(datalist_file)
     if path.is_file():
+        _check_reuse(path, seed, num_folds, fold)
         logger.info("Reusing the split in %s.", path)
         return load_datalist(path)
     layout = get_layout(dataset)
     listed = layout.list_items(dataset_dir)
+    where = f"{dataset} in {dataset_dir}"
+    if isinstance(listed, dict) and num_folds is not None:  # refused before hashing, which takes long
+        raise ValueError(
+            f"{where}: num_folds={num_folds} applies to datasets without an official split, but {dataset} has its "
+            "official split, with its own test part. Leave num_folds unset (bundles: --num_folds null)."
+        )
     every = [item for part in listed.values() for item in part] if isinstance(listed, dict) else listed
     index = None if duplicates == "ignore" else find_duplicates([item["image"] for item in every], duplicate_threshold)
     if isinstance(listed, dict):
         split = {part: list(listed.get(part, [])) for part in PARTS}
         if not split["validation"] and split["training"]:
-            _check_split_size(f"{dataset} in {dataset_dir}", split["training"], layout.classes, fractions, carve=True)
+            _check_split_size(where, split["training"], layout.classes, fractions, carve=True)
             split["training"], split["validation"] = _carve_validation(split["training"], fractions, seed)
         origin = "official"
     else:
-        _check_split_size(f"{dataset} in {dataset_dir}", listed, layout.classes, fractions)
+        if num_folds is None:
+            _check_split_size(where, listed, layout.classes, fractions)
+        else:
+            _check_kfold_size(where, listed, layout.classes, num_folds)
         together = index is not None and duplicates == "keep_together"
         groups = index.group_ids([item["image"] for item in listed]) if together else None
-        split = stratified_split(listed, fractions, seed=seed, groups=groups)
-        origin = "seeded stratified"
+        try:
+            if num_folds is None:
+                split = stratified_split(listed, fractions, seed=seed, groups=groups)
+            else:
+                split = kfold_split(listed, num_folds, fold, seed=seed, groups=groups, validation_fraction=fractions[1])
+        except GroupSplitError as error:
+            # the default keeps duplicates together: say how to split a dataset whose clusters are too large
+            raise DatalistError(
+                f"{where}: {error} The clusters of duplicate images cannot all be kept in one part; pass "
+                "duplicates='report' (bundles: --duplicates report) to split without keeping them together, or a "
+                "lower duplicate_threshold for smaller clusters."
+            ) from error
+        origin = "seeded stratified" if num_folds is None else "seeded stratified k-fold"
+        if num_folds is not None:  # the proportions the k-fold split aims at, for the record
+            fractions = [round(1.0 - fractions[1] - 1.0 / num_folds, 6), fractions[1], round(1.0 / num_folds, 6)]
     empty = [part for part in PARTS if not split[part]]
     if empty:
         raise DatalistError(f"{dataset} in {dataset_dir}: the split has empty part(s) {empty}.")
@@ -95,14 +138,56 @@ def prepare_datalist(
         "classes": list(layout.classes),
         "seed": seed,
         "fractions": list(fractions),
+        "num_folds": num_folds,
+        "fold": fold,
         "dataset_dir": str(Path(dataset_dir).resolve()),
         "duplicates": report.to_record() if report is not None else {"mode": "ignore"},
         **split,
     }
     atomic_write_json(path, record)
     counts = ", ".join(f"{part}: {len(split[part])}" for part in PARTS)
-    logger.info("Wrote the %s split of %s (seed %d; %s) to %s.", origin, dataset, seed, counts, path)
+    folds = f", fold {fold} of {num_folds}" if num_folds is not None else ""
+    logger.info("Wrote the %s split of %s (seed %d%s; %s) to %s.", origin, dataset, seed, folds, counts, path)
     return split
+
+
+def _check_reuse(path: Path, seed: int, num_folds: int | None, fold: int) -> None:
+    """Refuse to reuse a datalist made with another seed or fold: a run would train on another run's test images.
+
+    A file without ``num_folds`` / ``fold`` (older, or written by hand) counts as ``None`` / 0; one without
+    ``seed`` as any seed. A file that does not read as a JSON object is left to :func:`load_datalist` to explain.
+    """
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return
+    if not isinstance(record, dict):
+        return
+    made = {"seed": record.get("seed", seed), "num_folds": record.get("num_folds"), "fold": record.get("fold", 0)}
+    asked = {"seed": seed, "num_folds": num_folds, "fold": fold}
+    if made != asked:
+        made_with = ", ".join(f"{key}={value}" for key, value in made.items())
+        asked_for = ", ".join(f"{key}={value}" for key, value in asked.items())
+        raise DatalistError(
+            f"datalist {path} holds the split made with {made_with}, but this run asks for {asked_for}: "
+            "reusing it would mix two splits. Delete it to split anew, or pass another --datalist_file (or "
+            "--output_dir) for this split; to reuse it, pass the knobs it was made with."
+        )
+
+
+def _check_kfold_size(where: str, items: Sequence[dict], classes: Sequence[str], num_folds: int) -> None:
+    """Raise our error, not scikit-learn's, when a class is too small to reach every part of every fold."""
+    labels = [item["label"] for item in items]
+    counts = [labels.count(index) for index in range(len(classes))]
+    needed, per_class = minimum_kfold_size(len(classes), num_folds)
+    if min(counts, default=0) >= per_class:
+        return
+    shown = ", ".join(f"{name} {count}" for name, count in zip(classes, counts))
+    raise DatalistError(
+        f"{where}: {len(items)} images ({shown}) are too few for a stratified {num_folds}-fold split: every class "
+        f"must reach the training, validation and test parts of every fold, which needs at least {needed} images "
+        f"and {per_class} of each class. Add images or use fewer folds (or give the dataset's official split)."
+    )
 
 
 def _minimum_split_size(num_classes: int, fractions: Sequence[float], carve: bool = False) -> int:

@@ -1,4 +1,8 @@
-"""Ignite handler that estimates SH-PEFT importance before training and builds the sparse trainable set."""
+"""Ignite handler that estimates SH-PEFT importance before training and builds the sparse trainable set.
+
+With ``method="gps"`` (``strategy="l1"``, ``mode="task_specific"``, ``selection="per_neuron"``) it selects GPS's set
+instead: see :mod:`monai_shpeft.methods.gps`.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from monai.utils import min_version, optional_import
 from monai_shpeft.distributed import is_main_process
 from monai_shpeft.handlers.gradient_mask_handler import STATE_KEY
 from monai_shpeft.importance import ImportanceMode, ImportanceStrategy, estimate_importance, scoped_parameters, unwrap
+from monai_shpeft.methods import gps
 from monai_shpeft.sparse_set import SparseTrainableSet
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
@@ -22,7 +27,11 @@ if TYPE_CHECKING:
 else:
     Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
 
-__all__ = ["ImportanceEstimationHandler"]
+__all__ = ["SELECTIONS", "ImportanceEstimationHandler"]
+
+#: how the set is chosen from the importance: the top ``budget`` over the whole scope (SH-PEFT), or the same number
+#: of top entries in every row of every weight matrix (GPS)
+SELECTIONS = ("global", "per_neuron")
 
 
 class ImportanceEstimationHandler:
@@ -46,6 +55,18 @@ class ImportanceEstimationHandler:
         reuse_saved: when ``save_path`` already holds a set (e.g. a resumed run), load it instead of estimating.
         backbone_name: recorded in the set's header; defaults to the network's ``backbone_name`` attribute.
         progress: show a progress bar over the estimation batches.
+        selection: ``"global"`` (default, SH-PEFT): the top ``budget`` entries over the whole scope;
+            ``"per_neuron"`` (GPS): the top ``K`` entries of every row of every weight matrix of the scope
+            (:func:`~monai_shpeft.methods.gps.neuron_weight_names`), ``K`` chosen so that the total is about
+            ``budget`` (:meth:`~monai_shpeft.sparse_set.SparseTrainableSet.from_importance_per_row`).
+        method: the bundle's ``method`` knob. ``"gps"`` applies GPS's recipe (:data:`monai_shpeft.methods.gps.RECIPE`:
+            ``strategy="l1"``, ``mode="task_specific"``, ``selection="per_neuron"``) in place of those three
+            arguments and records ``method`` in the set's header; any other value, or ``None``, leaves them as given.
+            (A bundle cannot choose the mode with an expression on ``@importance_mode``: MONAI's config parser takes
+            any expression containing the word "import" for an import statement.)
+
+    Raises:
+        ValueError: for a ``selection`` not in :data:`SELECTIONS`.
     """
 
     def __init__(
@@ -62,7 +83,14 @@ class ImportanceEstimationHandler:
         reuse_saved: bool = False,
         backbone_name: str | None = None,
         progress: bool = True,
+        selection: str = "global",
+        method: str | None = None,
     ) -> None:
+        self.method = method
+        if method == gps.METHOD_NAME:
+            strategy, mode, selection = gps.RECIPE["strategy"], gps.RECIPE["mode"], gps.RECIPE["selection"]
+        if selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}; got {selection!r}.")
         self.budget = budget
         self.strategy = ImportanceStrategy(strategy)
         self.lambda_ = float(lambda_)
@@ -75,6 +103,7 @@ class ImportanceEstimationHandler:
         self.reuse_saved = reuse_saved
         self.backbone_name = backbone_name
         self.progress = progress
+        self.selection = selection
         self.logger = logging.getLogger(__name__)
         self.trainable_set: SparseTrainableSet | None = None
         self.elapsed_seconds: float | None = None
@@ -128,11 +157,12 @@ class ImportanceEstimationHandler:
         if num_iterations is None and self.data_loader is None:
             num_iterations = engine.state.epoch_length  # one epoch of the trainer, even for an endless loader
         self.logger.info(
-            "Estimating SH-PEFT importance: strategy=%s mode=%s lambda=%g budget=%s over %s mini-batches.",
+            "Estimating SH-PEFT importance: strategy=%s mode=%s lambda=%g budget=%s selection=%s over %s mini-batches.",
             self.strategy.value,
             self.mode.value,
             self.lambda_,
             self.budget,
+            self.selection,
             num_iterations if num_iterations is not None else "one epoch of",
         )
         start = time.perf_counter()
@@ -158,7 +188,15 @@ class ImportanceEstimationHandler:
             "budget": self.budget,
             "estimation_iterations": num_iterations,
         }
-        trainable_set = SparseTrainableSet.from_importance(importance, self.budget, header=header, scope=self.scope)
+        if self.method == gps.METHOD_NAME:
+            header["method"] = self.method
+        if self.selection == "per_neuron":
+            header["selection"] = self.selection
+            trainable_set = SparseTrainableSet.from_importance_per_row(
+                importance, self.budget, gps.neuron_weight_names(network, self.scope), header=header, scope=self.scope
+            )
+        else:
+            trainable_set = SparseTrainableSet.from_importance(importance, self.budget, header=header, scope=self.scope)
         self.elapsed_seconds = time.perf_counter() - start
         in_scope = len(scoped_parameters(network, self.scope))
         self.logger.info(

@@ -17,12 +17,13 @@ ssf            additive               per-channel scale and shift after every op
 vpt_shallow    prompt                 prompt tokens at the input of the first block
 vpt_deep       prompt                 prompt tokens at the input of every block
 spt_lora       selective+additive     sensitivity-chosen weights, LoRA where they cluster (SPT)
+gps            selective              the largest-gradient incoming connections of every neuron (GPS)
 shpeft         selective              importance-chosen weights, hybrid task-specific/agnostic (SH-PEFT)
 fpt            side network           a light side network fed by the frozen model through prompts (FPT)
 =============  =====================  ==========================================================================
 
-The head trains in every method. ``shpeft`` and ``spt_lora`` choose their weights from data when training starts
-(:class:`~monai_shpeft.handlers.ImportanceEstimationHandler`, :class:`~monai_shpeft.handlers.SPTLoRAHandler`);
+The head trains in every method. ``shpeft``, ``gps`` and ``spt_lora`` choose their weights from data when training
+starts (:class:`~monai_shpeft.handlers.ImportanceEstimationHandler`, :class:`~monai_shpeft.handlers.SPTLoRAHandler`);
 ``fpt`` is a network of its own (:func:`~monai_shpeft.networks.build_fpt`).
 """
 
@@ -65,6 +66,7 @@ METHODS = (
     "vpt_shallow",
     "vpt_deep",
     "spt_lora",
+    "gps",
     "shpeft",
     "fpt",
 )
@@ -85,6 +87,7 @@ _REGISTRY = {
     "vpt_shallow": "vpt:SHALLOW_INFO",
     "vpt_deep": "vpt:DEEP_INFO",
     "spt_lora": "spt_lora:INFO",
+    "gps": "gps:INFO",
     "shpeft": "shpeft:INFO",
     "fpt": "fpt:INFO",
 }
