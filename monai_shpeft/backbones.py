@@ -70,20 +70,29 @@ class PretrainedWeightsUnavailableError(RuntimeError):
 class L2NormLinearHead(nn.Module):
     """Classification head of the paper: L2-normalise the pooled feature, then apply a linear layer.
 
+    The logits are ``logit_scale * (W x / |x| + b)``. On unit-length features a linear layer initialised at the
+    usual small scale gives logits near zero and a flat loss; a fixed scale (as CLIP's, whose learned value is
+    100) lets the head reach confident logits in a few steps; 1 is the paper's plain head. The scale is a buffer,
+    so a checkpoint carries it and a network loaded from one computes what was trained.
+
     Args:
         in_features: width of the pooled backbone feature.
         num_classes: number of output logits.
+        logit_scale: the fixed factor applied to the logits (not trained; saved in the state dict).
 
     Raises:
-        ValueError: when ``in_features`` or ``num_classes`` is not positive.
+        ValueError: when ``in_features`` or ``num_classes`` is not positive, or ``logit_scale`` is not positive.
     """
 
-    def __init__(self, in_features: int, num_classes: int) -> None:
+    def __init__(self, in_features: int, num_classes: int, logit_scale: float = 1.0) -> None:
         super().__init__()
         if in_features <= 0 or num_classes <= 0:
             raise ValueError(f"in_features and num_classes must be positive, got {in_features} and {num_classes}.")
+        if not float(logit_scale) > 0:
+            raise ValueError(f"logit_scale must be a positive number, got {logit_scale!r}.")
         self.in_features = in_features
         self.num_classes = num_classes
+        self.register_buffer("logit_scale", torch.tensor(float(logit_scale)))
         self.linear = nn.Linear(in_features, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -95,7 +104,10 @@ class L2NormLinearHead(nn.Module):
         Returns:
             logits ``[B, num_classes]``.
         """
-        return self.linear(F.normalize(x, dim=-1))
+        return self.linear(F.normalize(x, dim=-1)) * self.logit_scale.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"logit_scale={float(self.logit_scale):g}"
 
 
 class BackboneClassifier(nn.Module):
@@ -107,14 +119,21 @@ class BackboneClassifier(nn.Module):
         num_classes: number of output logits.
         backbone_name: the ``"<library>:<model>"`` string the backbone was built from.
         image_size: the input size the backbone (and its position table) is configured for.
+        logit_scale: the head's fixed logit scale (see :class:`L2NormLinearHead`).
     """
 
     def __init__(
-        self, backbone: nn.Module, feature_dim: int, num_classes: int, backbone_name: str, image_size: int
+        self,
+        backbone: nn.Module,
+        feature_dim: int,
+        num_classes: int,
+        backbone_name: str,
+        image_size: int,
+        logit_scale: float = 1.0,
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        self.head = L2NormLinearHead(feature_dim, num_classes)
+        self.head = L2NormLinearHead(feature_dim, num_classes, logit_scale=logit_scale)
         self.backbone_name = backbone_name
         self.feature_dim = feature_dim
         self.image_size = image_size
@@ -152,6 +171,7 @@ def build_classifier(
     pretrained: str | os.PathLike | None = None,
     image_size: int = 224,
     tiny: bool = False,
+    logit_scale: float = 1.0,
     **backbone_kwargs: Any,
 ) -> BackboneClassifier:
     """Build a :class:`BackboneClassifier` from a backbone string.
@@ -164,6 +184,7 @@ def build_classifier(
             (e.g. ``"openai"`` for open_clip, ``"lvd142m"`` for timm DINOv2) fetched by the library's hub code.
         image_size: input size; the position table is built (and loaded weights are resized) for it.
         tiny: build a tiny model of the same family (2 layers, width 64, 2 heads, same patch size) for tests.
+        logit_scale: the head's fixed logit scale (the bundles' ``head_logit_scale`` knob).
         backbone_kwargs: extra keyword arguments for ``open_clip.create_model`` / ``timm.create_model``
             (e.g. ``force_quick_gelu=True`` for OpenAI CLIP weights, ``cache_dir=...``, ``drop_path_rate=0.1``).
 
@@ -190,7 +211,9 @@ def build_classifier(
     else:
         net, feature_dim = _build_timm(name, image_size, tiny, tag, **backbone_kwargs)
 
-    model = BackboneClassifier(net, feature_dim, num_classes, backbone_name=backbone, image_size=image_size)
+    model = BackboneClassifier(
+        net, feature_dim, num_classes, backbone_name=backbone, image_size=image_size, logit_scale=logit_scale
+    )
     n_params = sum(p.numel() for p in net.parameters())
     logger.info(
         "Built %s%s backbone (%.2fM parameters, feature_dim=%d, image_size=%d) with a %d-class L2-norm linear head; "

@@ -175,6 +175,7 @@ def estimate_importance(
     device: torch.device | str | None = None,
     amp: bool = False,
     progress: bool = False,
+    autocast_dtype: torch.dtype | None = None,
 ) -> dict[str, torch.Tensor]:
     """Estimate the hybrid importance of every parameter in scope.
 
@@ -195,6 +196,8 @@ def estimate_importance(
         device: where the batches go; defaults to the network's device.
         amp: run the forward pass under bfloat16 autocast on CUDA (gradients are accumulated in float32).
         progress: show a tqdm progress bar.
+        autocast_dtype: run the forward pass under ``torch.autocast`` to this dtype on the batches' device
+            (e.g. bfloat16 on a CPU that computes it natively, see :mod:`monai_shpeft.amp`); overrides ``amp``.
 
     Returns:
         name -> importance (float32, on the network's device).
@@ -209,7 +212,17 @@ def estimate_importance(
     task_specific = None
     if mode is not ImportanceMode.TASK_AGNOSTIC:
         task_specific = _accumulate_gradients(
-            network, params, data_loader, loss_function, strategy, num_iterations, prepare_batch, device, amp, progress
+            network,
+            params,
+            data_loader,
+            loss_function,
+            strategy,
+            num_iterations,
+            prepare_batch,
+            device,
+            amp,
+            progress,
+            autocast_dtype,
         )
     return combine_importance(task_specific, task_agnostic, lambda_, mode)
 
@@ -257,6 +270,7 @@ def _accumulate_gradients(
     device: torch.device | str | None,
     amp: bool,
     progress: bool,
+    autocast_dtype: torch.dtype | None = None,
 ) -> dict[str, torch.Tensor]:
     names = list(params)
     first = next(iter(params.values()))
@@ -267,7 +281,8 @@ def _accumulate_gradients(
     if total is None:
         with contextlib.suppress(TypeError):
             total = len(data_loader)  # type: ignore[arg-type]
-    use_autocast = amp and device.type == "cuda"
+    use_autocast = autocast_dtype is not None or (amp and device.type == "cuda")
+    autocast_dtype = autocast_dtype or torch.bfloat16
     # DDP's reducer waits for .backward(); autograd.grad on the bare module bypasses it, and the ranks are
     # combined explicitly below instead
     module = unwrap(network)
@@ -280,8 +295,9 @@ def _accumulate_gradients(
             inputs, targets = prepared[0], prepared[1]
             # MONAI's PrepareBatchExtraInput returns (inputs, targets, args, kwargs) for networks with extra inputs
             args, kwargs = (prepared[2], prepared[3]) if len(prepared) == 4 else ((), {})
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_autocast):
-                loss = loss_function(module(inputs, *args, **kwargs), targets).mean()
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=use_autocast):
+                logits = module(inputs, *args, **kwargs)
+            loss = loss_function(logits.float(), targets).mean()  # the loss in float32, as in training
             grads = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
             _check_finite(names, grads, seen)
             for name, grad in zip(names, grads):

@@ -10,8 +10,10 @@ from monai_shpeft.handlers.checkpoint_check_handler import (
 from monai_shpeft.handlers.epoch_seed_handler import EpochSeedHandler
 from monai_shpeft.handlers.feature_preload_handler import FeaturePreloadHandler
 from monai_shpeft.handlers.gradient_mask_handler import GradientMaskHandler
+from monai_shpeft.handlers.head_warmup_handler import HEAD_WARMUP_MODES, HeadWarmupHandler
 from monai_shpeft.handlers.importance_estimation_handler import ImportanceEstimationHandler
 from monai_shpeft.handlers.prediction_writer_handler import PredictionWriter
+from monai_shpeft.handlers.probe_comparison_handler import ProbeComparisonHandler, classification_figures
 from monai_shpeft.handlers.resume_handler import ResumeError, ResumeHandler
 from monai_shpeft.handlers.sparse_set_record_handler import SparseSetRecordHandler
 from monai_shpeft.handlers.spt_lora_handler import SPTLoRAHandler
@@ -22,11 +24,15 @@ __all__ = [
     "EpochSeedHandler",
     "FeaturePreloadHandler",
     "GradientMaskHandler",
+    "HEAD_WARMUP_MODES",
+    "HeadWarmupHandler",
     "ImportanceEstimationHandler",
     "PredictionWriter",
+    "ProbeComparisonHandler",
     "ResumeError",
     "ResumeHandler",
     "SPTLoRAHandler",
     "SparseSetRecordHandler",
     "check_checkpoint",
+    "classification_figures",
 ]

@@ -178,6 +178,7 @@ class ImportanceEstimationHandler:
             prepare_batch=_engine_prepare_batch(engine),
             device=engine.state.device,
             amp=bool(getattr(engine, "amp", False)),
+            autocast_dtype=getattr(engine.inferer, "autocast_dtype", None),  # the trainer's CPU autocast
             progress=self.progress,
         )
         header = {

@@ -6,8 +6,9 @@ package maps names to them (imported lazily, so that peft is only loaded when a 
 =============  =====================  ==========================================================================
 name           kind                   what trains
 =============  =====================  ==========================================================================
+linear_probe   reference              the head, fitted by logistic regression on frozen features (no epoch)
 full           reference              every weight
-linear         reference              the head only
+linear         reference              the head only, by gradient steps
 bitfit         selective              biases
 ln             selective              LayerNorm scales and shifts (HF peft LN tuning)
 attn           selective              attention projections
@@ -22,8 +23,10 @@ shpeft         selective              importance-chosen weights, hybrid task-spe
 fpt            side network           a light side network fed by the frozen model through prompts (FPT)
 =============  =====================  ==========================================================================
 
-The head trains in every method. ``shpeft``, ``gps`` and ``spt_lora`` choose their weights from data when training
-starts (:class:`~monai_shpeft.handlers.ImportanceEstimationHandler`, :class:`~monai_shpeft.handlers.SPTLoRAHandler`);
+The head trains in every method, and starts from the linear probe's fit in all but FPT (``head_warmup``,
+:class:`~monai_shpeft.handlers.HeadWarmupHandler`). ``shpeft``, ``gps`` and ``spt_lora`` choose their weights from
+data when training starts (:class:`~monai_shpeft.handlers.ImportanceEstimationHandler`,
+:class:`~monai_shpeft.handlers.SPTLoRAHandler`);
 ``fpt`` is a network of its own (:func:`~monai_shpeft.networks.build_fpt`).
 """
 
@@ -46,6 +49,8 @@ __all__ = [
     "TrainableCount",
     "check_method",
     "check_optimizer",
+    "DEFAULT_LEARNING_RATES",
+    "default_learning_rate",
     "count_trainable",
     "method_info",
     "prepare_network",
@@ -55,6 +60,7 @@ logger = logging.getLogger(__name__)
 
 #: every method, in the order of the benchmark's tables
 METHODS = (
+    "linear_probe",
     "full",
     "linear",
     "bitfit",
@@ -71,6 +77,29 @@ METHODS = (
     "fpt",
 )
 
+#: each method's default AdamW learning rate (the bundles' ``learning_rate: null``, the benchmark's protocols).
+#: Methods that move pretrained weights take a small rate: AdamW moves every trained entry by about the rate per
+#: step whatever its gradient, and the head starts from the linear probe (LP-FT), so the backbone only needs to
+#: refine. SH-PEFT's 1e-5 was the best validation macro-F1 on BUSI folds (README, "The recipe"); methods that
+#: train new parameters from zero or near zero take 1e-3, as their papers do.
+DEFAULT_LEARNING_RATES = {
+    "linear_probe": 1e-3,
+    "full": 1e-5,
+    "linear": 1e-3,
+    "bitfit": 1e-3,
+    "ln": 1e-3,
+    "attn": 2e-5,
+    "lora": 1e-3,
+    "adapter": 1e-3,
+    "ssf": 1e-3,
+    "vpt_shallow": 1e-3,
+    "vpt_deep": 1e-3,
+    "spt_lora": 5e-4,
+    "gps": 1e-5,
+    "shpeft": 1e-5,
+    "fpt": 5e-4,
+}
+
 #: optimizers the bundles' ``optimizer_name`` knob offers to the classifier methods (FPT always uses AdamW)
 OPTIMIZERS = ("sgd", "adamw")
 
@@ -78,6 +107,7 @@ OPTIMIZERS = ("sgd", "adamw")
 _REGISTRY = {
     "full": "selective:FULL",
     "linear": "selective:LINEAR",
+    "linear_probe": "selective:LINEAR_PROBE",
     "bitfit": "selective:BITFIT",
     "attn": "selective:ATTENTION",
     "ln": "peft_tuners:LN",
@@ -125,6 +155,18 @@ def check_optimizer(name: str) -> str:
     if name not in OPTIMIZERS:
         raise ValueError(f"Unknown optimizer_name {name!r}; supported: {', '.join(OPTIMIZERS)}.")
     return name
+
+
+def default_learning_rate(method: str) -> float:
+    """The default learning rate of ``method`` (:data:`DEFAULT_LEARNING_RATES`).
+
+    Args:
+        method: a name of :data:`METHODS`.
+
+    Returns:
+        the rate.
+    """
+    return DEFAULT_LEARNING_RATES[check_method(method)]
 
 
 def method_info(method: str) -> MethodInfo:

@@ -1,4 +1,4 @@
-"""Selective tuning with a fixed rule: full fine-tuning, linear probing, BitFit and attention-only tuning.
+"""Selective tuning with a fixed rule: full fine-tuning, linear probing (SGD or closed form), BitFit, attention-only.
 
 These methods insert nothing; they choose which of the pretrained parameters train. The norm-layer method
 (:mod:`monai_shpeft.methods.ln`) uses HF peft's LN tuning instead.
@@ -10,7 +10,17 @@ import torch.nn as nn
 
 from monai_shpeft.methods.base import MethodInfo, freeze_all_but, head_of
 
-__all__ = ["apply_full", "apply_linear", "apply_bitfit", "apply_attention", "FULL", "LINEAR", "BITFIT", "ATTENTION"]
+__all__ = [
+    "apply_full",
+    "apply_linear",
+    "apply_bitfit",
+    "apply_attention",
+    "FULL",
+    "LINEAR",
+    "LINEAR_PROBE",
+    "BITFIT",
+    "ATTENTION",
+]
 
 
 def apply_full(model: nn.Module) -> nn.Module:
@@ -101,6 +111,13 @@ def apply_attention(model: nn.Module) -> nn.Module:
 
 FULL = MethodInfo("full", "reference", "every weight of the backbone and the head", "upper reference", apply_full)
 LINEAR = MethodInfo("linear", "reference", "the classification head only", "lower reference", apply_linear)
+LINEAR_PROBE = MethodInfo(
+    "linear_probe",
+    "reference",
+    "the head only, fitted in closed form: logistic regression (L-BFGS) on frozen features, no gradient epoch",
+    "the floor every method must beat (monai_shpeft.linear_probe)",
+    apply_linear,
+)
 BITFIT = MethodInfo(
     "bitfit", "selective", "every bias of the backbone, plus the head", "Zaken et al., BitFit, ACL 2022", apply_bitfit
 )

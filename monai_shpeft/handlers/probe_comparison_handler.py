@@ -1,0 +1,150 @@
+"""Ignite handler that states the linear probe's test figures next to the evaluated model's."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from monai.utils import min_version, optional_import
+
+from monai_shpeft.backbones import build_classifier
+from monai_shpeft.linear_probe import ProbeFit, extract_features
+from monai_shpeft.utils import atomic_write_json
+
+Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+else:
+    Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
+
+__all__ = ["ProbeComparisonHandler", "classification_figures"]
+
+# the evaluator's metric names -> the figures computed here
+_METRICS = {"f1": "macro-F1", "accuracy": "accuracy", "auc": "AUC"}
+
+
+def classification_figures(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+    """Macro-F1, accuracy and macro one-vs-rest AUC with scikit-learn.
+
+    Args:
+        labels: ``[N]`` class indices.
+        probabilities: ``[N, C]`` class probabilities.
+
+    Returns:
+        ``{"f1", "accuracy", "auc"}`` (``auc`` is ``nan`` when the labels hold one class).
+    """
+    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
+    predicted = probabilities.argmax(1)
+    classes = np.arange(probabilities.shape[1])
+    figures = {
+        "f1": float(f1_score(labels, predicted, labels=classes, average="macro", zero_division=0)),
+        "accuracy": float(accuracy_score(labels, predicted)),
+    }
+    try:
+        if probabilities.shape[1] == 2:
+            figures["auc"] = float(roc_auc_score(labels, probabilities[:, 1]))
+        else:
+            figures["auc"] = float(roc_auc_score(labels, probabilities, multi_class="ovr", labels=classes))
+    except ValueError:  # one class only in the labels
+        figures["auc"] = float("nan")
+    return figures
+
+
+class ProbeComparisonHandler:
+    """After evaluation, run the training's linear probe on the same images and report both side by side.
+
+    The probe is the logistic regression the head warm-up fitted on the *pretrained* backbone's features of the
+    training part (its record, written by :class:`~monai_shpeft.handlers.HeadWarmupHandler`, holds the weights and
+    how the backbone was built). This handler rebuilds that frozen backbone, computes the probe's predictions on
+    the evaluator's loader, writes ``{"model": ..., "linear_probe": ..., "difference": ...}`` to ``output_file``
+    and logs one line, so that a user sees whether fine-tuning beat the 20-second baseline on this split.
+
+    Args:
+        record_file: the warm-up's record (``<ckpt_dir>/linear_probe.json``). Missing (FPT, ``head_warmup none``):
+            the handler says so and does nothing.
+        output_file: where the comparison is written (JSON).
+        metric_prefix: prefix of the evaluator's metric names (``"test_"``: ``test_f1``, ``test_accuracy``,
+            ``test_auc``).
+        pretrained: the frozen backbone's weights, overriding the record's (e.g. the file moved).
+    """
+
+    def __init__(
+        self,
+        record_file: str | os.PathLike,
+        output_file: str | os.PathLike,
+        metric_prefix: str = "test_",
+        pretrained: str | os.PathLike | None = None,
+    ) -> None:
+        self.record_file = Path(record_file)
+        self.output_file = Path(output_file)
+        self.metric_prefix = metric_prefix
+        self.pretrained = pretrained
+        self.logger = logging.getLogger(__name__)
+        self.comparison: dict[str, Any] | None = None
+
+    def attach(self, engine: Engine) -> None:
+        """Register on ``Events.COMPLETED`` of the evaluator.
+
+        Args:
+            engine: the evaluator.
+        """
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def _probe_network(self, record: Mapping[str, Any], num_classes: int) -> torch.nn.Module:
+        recipe = record.get("recipe") or {}
+        pretrained = self.pretrained if self.pretrained is not None else recipe.get("pretrained")
+        return build_classifier(
+            recipe["backbone"],
+            num_classes,
+            pretrained=pretrained,
+            image_size=int(recipe["image_size"]),
+            tiny=bool(recipe.get("tiny", False)),
+        )
+
+    def __call__(self, engine: Engine) -> None:
+        """Compute and report the probe's figures on the evaluator's data.
+
+        Args:
+            engine: the evaluator, after its run.
+        """
+        if not self.record_file.is_file():
+            self.logger.info("No linear-probe record at %s (FPT or head_warmup none): no comparison.", self.record_file)
+            return
+        record = json.loads(self.record_file.read_text())
+        weight, bias = np.asarray(record["weight"]), np.asarray(record["bias"])
+        fit = ProbeFit(weight, bias, float(record["C"]), float(record["cv_log_loss"]), float(record["train_accuracy"]))
+        network = self._probe_network(record, num_classes=weight.shape[0]).to(engine.state.device)
+        features, labels = extract_features(
+            network, engine.data_loader, engine.state.device, prepare_batch=engine.prepare_batch, progress=False
+        )
+        logits = fit.logits(features)
+        probabilities = np.exp(logits - logits.max(1, keepdims=True))
+        probabilities /= probabilities.sum(1, keepdims=True)
+        probe = classification_figures(labels, probabilities)
+        model = {
+            name: float(engine.state.metrics[f"{self.metric_prefix}{name}"])
+            for name in _METRICS
+            if f"{self.metric_prefix}{name}" in engine.state.metrics
+        }
+        self.comparison = {
+            "model": model,
+            "linear_probe": probe,
+            "difference": {name: model[name] - probe[name] for name in model},
+            "num_images": int(labels.size),
+            "probe_record": str(self.record_file),
+        }
+        atomic_write_json(self.output_file, self.comparison)
+        parts = [f"{_METRICS[n]} {model[n]:.3f} vs {probe[n]:.3f} ({model[n] - probe[n]:+.3f})" for n in model]
+        self.logger.info(
+            "This model vs the linear probe on the frozen backbone, same %d images: %s. Written to %s.",
+            labels.size,
+            "; ".join(parts),
+            self.output_file,
+        )
