@@ -175,3 +175,41 @@ def test_spt_lora_trains_in_two_gloo_processes_with_the_same_allocation(data_roo
     assert trainable_set.fingerprint() in fingerprints
     checkpoint = torch.load(work / BUNDLE / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert any(".lora_B." in name for name in checkpoint)
+
+
+def test_linear_probe_is_fitted_without_an_epoch_and_evaluation_states_it_next_to_the_model(
+    data_root: Path, tmp_path: Path
+) -> None:
+    from safetensors.torch import save_file
+
+    work = copy_bundles(tmp_path)
+    torch.manual_seed(3)
+    weights = tmp_path / "tiny_backbone.safetensors"
+    pretrained = build_classifier("timm:vit_small_patch14_dinov2", 3, image_size=28, tiny=True)
+    with torch.no_grad():  # DINOv2's LayerScale starts at 1e-5: blocks near the identity, features near constant
+        for name, param in pretrained.backbone.named_parameters():
+            if name.endswith("gamma"):
+                param.fill_(1.0)
+    save_file({k: v.contiguous() for k, v in pretrained.backbone.state_dict().items()}, str(weights))
+    knobs = ["--method", "linear_probe", "--pretrained", str(weights)]
+    args = [a for a in TINY_BUNDLE_ARGS if a != "$None"]
+    args = args[: args.index("--pretrained")] + args[args.index("--pretrained") + 1 :]
+    log = run_command(monai_bundle("run", "--config_file", TRAIN, "--dataset_dir", str(data_root), *args, *knobs), work)
+    assert "Epoch: 1/" not in log  # no gradient step: the model is the fit
+    assert "Linear probe: training stops after the fit" in log
+
+    record = json.loads((work / BUNDLE / "models" / "linear_probe.json").read_text())
+    checkpoint = torch.load(work / BUNDLE / "models" / "model.pt", map_location="cpu", weights_only=True)
+    scale = float(checkpoint["head.logit_scale"])
+    torch.testing.assert_close(checkpoint["head.linear.weight"], torch.tensor(record["weight"]) / scale)
+    for name, value in pretrained.backbone.state_dict().items():
+        assert torch.equal(checkpoint[f"backbone.{name}"], value), name
+    assert record["recipe"]["pretrained"] == str(weights) and "validation" in record
+
+    run_command(monai_bundle("run", "--config_file", EVALUATE, "--dataset_dir", str(data_root), *args, *knobs), work)
+    _assert_test_metrics(work)
+    comparison = json.loads((work / BUNDLE / "runs" / "eval" / "linear_probe_comparison.json").read_text())
+    # the comparison rebuilt the probe from its record: for the probe itself both columns agree
+    assert comparison["num_images"] == 6
+    for name in ("f1", "accuracy", "auc"):
+        assert abs(comparison["difference"][name]) < 1e-6, comparison

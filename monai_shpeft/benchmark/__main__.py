@@ -10,7 +10,8 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from monai_shpeft.benchmark.protocols import PROTOCOLS, SHPEFT_BUDGETS, expand_runs, with_overrides
+from monai_shpeft.amp import AMP_CHOICES
+from monai_shpeft.benchmark.protocols import DEFAULT_PROTOCOL, PROTOCOLS, SHPEFT_BUDGETS, expand_runs, with_overrides
 from monai_shpeft.benchmark.report import write_report
 from monai_shpeft.benchmark.runner import BenchmarkRunner
 from monai_shpeft.methods import METHODS
@@ -30,11 +31,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset_dir", default=None, help="the dataset folder in its published layout (required)")
     parser.add_argument("--backbone", default="timm:vit_small_patch14_dinov2")
     parser.add_argument("--pretrained", default=None, help="local weights file or pretrained tag")
-    parser.add_argument("--protocol", default="quick", choices=sorted(PROTOCOLS))
+    parser.add_argument(
+        "--protocol",
+        default=DEFAULT_PROTOCOL,
+        choices=sorted(PROTOCOLS),
+        help=f"the shared training recipe (default {DEFAULT_PROTOCOL})",
+    )
     parser.add_argument(
         "--methods", default="all", help=f"comma-separated subset of: {', '.join(METHODS)} (default all)"
     )
     parser.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    parser.add_argument(
+        "--num_folds",
+        type=int,
+        default=None,
+        help="k of a stratified, seeded k-fold split (duplicates kept together): each fold is the test part once",
+    )
+    parser.add_argument(
+        "--folds", default=None, help="comma-separated test folds, e.g. 0,1,2 (default: all, with --num_folds)"
+    )
     parser.add_argument(
         "--budgets",
         default=",".join(f"{b:g}" for b in SHPEFT_BUDGETS),
@@ -51,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fpt_side_image_size", type=int, default=None)
     parser.add_argument("--estimation_iterations", type=int, default=None)
     parser.add_argument("--head_learning_rate", type=float, default=None, help="override the head's learning rate")
+    parser.add_argument("--weight_decay", type=float, default=None, help="override the protocol's AdamW weight decay")
+    parser.add_argument("--amp", default=None, choices=AMP_CHOICES, help="override the protocol's mixed precision")
+    # the values of the bundles' head_warmup knob (monai_shpeft.handlers.HEAD_WARMUP_MODES)
+    parser.add_argument("--head_warmup", default=None, choices=("lbfgs", "none"), help="override the head warm-up")
     parser.add_argument(
         "--learning_rates", default=None, help="override per-method learning rates, e.g. 'lora=5e-4,full=1e-5'"
     )
@@ -59,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--report_only", action="store_true", help="only rewrite the table and plots from the results in --output_dir"
     )
     parser.add_argument("--title", default=None, help="title of the table and plots")
+    parser.add_argument(
+        "--reference",
+        default=None,
+        help="label of the method the paired per-fold differences are taken against (default: linear_probe when run)",
+    )
     return parser
 
 
@@ -96,16 +120,23 @@ def main(argv: list[str] | None = None) -> int:
         fpt_side_image_size=args.fpt_side_image_size,
         estimation_iterations=args.estimation_iterations,
         head_learning_rate=args.head_learning_rate,
+        weight_decay=args.weight_decay,
+        amp=args.amp,
+        head_warmup=args.head_warmup,
         learning_rates=_learning_rates(PROTOCOLS[args.protocol].learning_rates, args.learning_rates),
     )
     output_dir = Path(args.output_dir)
     if args.report_only:
-        return _report_only(output_dir, args.title)
+        return _report_only(output_dir, args.title, args.reference)
     if not args.dataset_dir:
         raise SystemExit("--dataset_dir is required (except with --report_only).")
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     budgets = tuple(float(b) for b in args.budgets.split(",") if b.strip())
-    runs = expand_runs([m.strip() for m in args.methods.split(",") if m.strip()], seeds, budgets)
+    folds = _folds(args.num_folds, args.folds)
+    runs = expand_runs([m.strip() for m in args.methods.split(",") if m.strip()], seeds, budgets, folds)
+    if args.reference and args.reference not in {run.label for run in runs}:
+        # refused now rather than after hours of training, when the report is written
+        raise SystemExit(f"--reference {args.reference!r} is not among the runs: {', '.join(r.label for r in runs)}.")
     runner = BenchmarkRunner(
         runs,
         protocol,
@@ -118,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device,
         num_workers=args.num_workers,
         tiny_backbone=args.tiny_backbone,
+        num_folds=args.num_folds,
     )
     context = {
         "command": "python -m monai_shpeft.benchmark " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
@@ -128,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
         "pretrained": args.pretrained,
         "protocol": asdict(protocol),
         "seeds": seeds,
+        "num_folds": args.num_folds,
+        "folds": folds,
+        "reference": args.reference,
         "runs": [run.key for run in runs],
     }
     atomic_write_json(output_dir / CONTEXT_FILE, context)  # what --report_only and a reader of the results need
@@ -135,7 +170,27 @@ def main(argv: list[str] | None = None) -> int:
     return _write(outcome["results"], output_dir, {**context, "failed": outcome["failed"]})
 
 
-def _report_only(output_dir: Path, title: str | None) -> int:
+def _folds(num_folds: int | None, text: str | None) -> list[int] | None:
+    """The test folds of ``--num_folds`` / ``--folds``: every fold by default, ``None`` without folds."""
+    if num_folds is None:
+        if text:
+            raise SystemExit("--folds needs --num_folds (e.g. --num_folds 5 --folds 0,1).")
+        return None
+    if num_folds < 2:
+        raise SystemExit(f"--num_folds must be at least 2, got {num_folds}.")
+    if not text:
+        return list(range(num_folds))
+    try:
+        folds = [int(f) for f in text.split(",") if f.strip()]
+    except ValueError:
+        raise SystemExit(f"--folds: expected comma-separated fold numbers, got {text!r}.") from None
+    outside = [f for f in folds if not 0 <= f < num_folds]
+    if outside or not folds or len(set(folds)) != len(folds):
+        raise SystemExit(f"--folds: expected distinct folds of 0..{num_folds - 1}, got {text!r}.")
+    return folds
+
+
+def _report_only(output_dir: Path, title: str | None, reference: str | None = None) -> int:
     """Rewrite the table and plots from the results of an earlier run in ``output_dir``."""
     context_file = output_dir / CONTEXT_FILE
     if not context_file.is_file():
@@ -146,12 +201,22 @@ def _report_only(output_dir: Path, title: str | None) -> int:
     files = [output_dir / "results" / f"{key}.json" for key in context["runs"]]
     results = [json.loads(path.read_text()) for path in files if path.is_file()]
     missing = [key for key, path in zip(context["runs"], files) if not path.is_file()]
+    if reference:
+        labels = list(dict.fromkeys(r["label"] for r in results))
+        if reference not in labels:
+            raise SystemExit(f"--reference {reference!r} is not among the results: {', '.join(labels)}.")
+        context["reference"] = reference
     return _write(results, output_dir, {**context, "failed": missing})
 
 
 def _write(results: list[dict], output_dir: Path, context: dict) -> int:
     context = {**context, "memory_source": results[0]["memory_source"] if results else None}
-    files = write_report(results, output_dir, context, title=context["title"])
+    reference = context.get("reference")
+    if reference and reference not in {r["label"] for r in results}:
+        # its runs failed or are missing: the report still goes out, paired against the default reference
+        print(f"No result of the reference {reference!r} yet; the paired differences use the default reference.")
+        reference = None
+    files = write_report(results, output_dir, context, title=context["title"], reference=reference)
     print(json.dumps({k: str(v) for k, v in files.items()}, indent=2))
     if context["failed"]:
         print(f"{len(context['failed'])} run(s) failed or missing: {', '.join(context['failed'])}; run again to retry.")

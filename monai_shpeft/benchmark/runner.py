@@ -39,6 +39,18 @@ def format_duration(seconds: float) -> str:
     return f"{seconds} s"
 
 
+def _check_folds(runs: Sequence[RunSpec], num_folds: int | None) -> None:
+    """Refuse folds without ``num_folds`` or outside ``0 .. num_folds - 1`` before any run starts."""
+    folds = sorted({run.fold for run in runs if run.fold is not None})
+    if not folds:
+        return
+    if num_folds is None or num_folds < 2:
+        raise ValueError(f"runs with folds {folds} need num_folds (at least 2), got {num_folds!r}.")
+    outside = [fold for fold in folds if not 0 <= fold < num_folds]
+    if outside:
+        raise ValueError(f"folds {outside} are not folds of a {num_folds}-fold split (0..{num_folds - 1}).")
+
+
 class BenchmarkRunner:
     """Run the given runs of one protocol on one dataset and backbone.
 
@@ -49,13 +61,18 @@ class BenchmarkRunner:
         dataset_dir: the dataset folder.
         backbone: ``"timm:<model>"`` or ``"open_clip:<model>"``.
         pretrained: local weights file or pretrained tag (``None``: random weights, for tests only).
-        output_dir: where results, logs, the split and the feature cache go.
+        output_dir: where results, logs, the splits and the feature cache go.
         bundle: the bundle whose configs train and test each run; default ``bundles/<dataset>``.
         repo_root: the folder the bundles' ``%`` macros are relative to; default the bundle's grandparent.
         device: ``"cpu"``, ``"cuda"`` or ``None`` (CUDA when available).
         num_workers: data-loading workers of each run.
         tiny_backbone: the tiny test configuration of the backbone.
         echo: print progress to the console.
+        num_folds: ``k`` of the k-fold split the runs' folds belong to (``None``: the runs have no fold).
+
+    Raises:
+        FileNotFoundError: without a bundle or a dataset folder.
+        ValueError: when runs have folds but ``num_folds`` is not given, or a fold is not one of ``0 .. k - 1``.
     """
 
     def __init__(
@@ -73,6 +90,7 @@ class BenchmarkRunner:
         num_workers: int = 2,
         tiny_backbone: bool = False,
         echo: bool = True,
+        num_folds: int | None = None,
     ) -> None:
         self.runs = list(runs)
         self.protocol = protocol
@@ -87,6 +105,8 @@ class BenchmarkRunner:
         self.num_workers = num_workers
         self.tiny_backbone = tiny_backbone
         self.echo = echo
+        self.num_folds = num_folds
+        _check_folds(self.runs, num_folds)
         if not (self.bundle / "configs" / "train.json").is_file():
             raise FileNotFoundError(f"{self.bundle}: not a bundle (no configs/train.json); pass --bundle.")
         if not self.dataset_dir.is_dir():
@@ -97,20 +117,38 @@ class BenchmarkRunner:
         """Where the result of ``run`` is (or will be) written."""
         return self.output_dir / "results" / f"{run.key}.json"
 
+    def datalist_file(self, run: RunSpec) -> Path:
+        """The split of ``run``: one per seed (and fold), shared by every method so that they are compared on it."""
+        if run.fold is None:
+            return self.output_dir / "splits" / f"seed{run.seed}.json"
+        return self.output_dir / "splits" / f"seed{run.seed}_fold{run.fold}of{self.num_folds}.json"
+
     def log_file(self, run: RunSpec) -> Path:
         """The full console output of ``run``'s worker."""
         return self.output_dir / "logs" / f"{run.key}.log"
 
     def completed(self) -> dict[str, dict[str, Any]]:
-        """Results already on disk, by run key (unreadable files are ignored and re-run)."""
+        """Results already on disk, by run key (unreadable files are ignored and re-run).
+
+        Raises:
+            ValueError: when a fold's result on disk belongs to a split with another number of folds.
+        """
         done = {}
         for run in self.runs:
             path = self.result_file(run)
             if path.is_file():
                 try:
-                    done[run.key] = json.loads(path.read_text())
+                    record = json.loads(path.read_text())
                 except (OSError, json.JSONDecodeError):
                     logger.warning("%s is unreadable; the run will be repeated.", path)
+                    continue
+                if run.fold is not None and record.get("num_folds") != self.num_folds:
+                    # fold 3 of a 5-fold split is another test set than fold 3 of a 10-fold one: never mix them
+                    raise ValueError(
+                        f"{path} is fold {run.fold} of a {record.get('num_folds')}-fold split, not of a "
+                        f"{self.num_folds}-fold one: use another --output_dir for another number of folds."
+                    )
+                done[run.key] = record
         return done
 
     # ------------------------------------------------------------------ running
@@ -124,7 +162,8 @@ class BenchmarkRunner:
             "repo_root": str(self.repo_root),
             "work_dir": str(self.output_dir / "work" / run.key),
             "dataset_dir": str(self.dataset_dir),
-            "datalist_file": str(self.output_dir / "splits" / f"seed{run.seed}.json"),
+            "datalist_file": str(self.datalist_file(run)),
+            "num_folds": self.num_folds if run.fold is not None else None,
             "feature_cache_dir": str(self.output_dir / "feature_cache"),
             "backbone": self.backbone,
             "pretrained": self.pretrained,
@@ -153,7 +192,8 @@ class BenchmarkRunner:
         durations = [r["train_seconds"] + r["eval_seconds"] for r in done.values() if "train_seconds" in r]
         failed = []
         for index, run in enumerate(pending, start=1):
-            self._say(f"[{index}/{len(pending)}] {run.label} (seed {run.seed}) ... log: {self.log_file(run)}")
+            where = f"seed {run.seed}" + (f", fold {run.fold}/{self.num_folds}" if run.fold is not None else "")
+            self._say(f"[{index}/{len(pending)}] {run.label} ({where}) ... log: {self.log_file(run)}")
             started = time.perf_counter()
             result = self._run_one(run)
             elapsed = time.perf_counter() - started

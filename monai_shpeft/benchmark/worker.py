@@ -21,37 +21,61 @@ from typing import Any
 import torch
 
 from monai_shpeft.memory import PeakMemoryMeter
-from monai_shpeft.methods import count_trainable, method_info
+from monai_shpeft.methods import DEFAULT_LEARNING_RATES, count_trainable, method_info
 from monai_shpeft.utils import atomic_write_json
 
-__all__ = ["bundle_overrides", "run_job", "main"]
+__all__ = ["bundle_overrides", "learning_rates", "run_job", "main"]
 
 logger = logging.getLogger("monai_shpeft.benchmark")
 
 
-def bundle_overrides(job: dict[str, Any]) -> dict[str, Any]:
-    """The bundle knobs of one run: the shared protocol, the method and its settings, and where files go.
+def learning_rates(job: dict[str, Any]) -> tuple[float, float | None]:
+    """The learning rates a run trains with, as the bundle resolves them.
 
     Args:
-        job: the runner's job description (``run``, ``protocol``, paths and backbone).
+        job: the runner's job description.
+
+    Returns:
+        ``(backbone rate, head rate)``: the protocol's rate of the method, else
+        :data:`~monai_shpeft.methods.DEFAULT_LEARNING_RATES` (the bundles' ``learning_rate: null``); the head's is
+        the protocol's ``head_learning_rate``, else the backbone's (the bundles' ``head_learning_rate: null``), and
+        ``None`` for FPT, whose head trains inside the side network at the side network's rate.
+    """
+    method, protocol = job["run"]["method"], job["protocol"]
+    rate = (protocol.get("learning_rates") or {}).get(method)
+    rate = float(DEFAULT_LEARNING_RATES[method] if rate is None else rate)
+    if method == "fpt":
+        return rate, None
+    head = protocol.get("head_learning_rate")
+    return rate, float(rate if head is None else head)
+
+
+def bundle_overrides(job: dict[str, Any]) -> dict[str, Any]:
+    """The bundle knobs of one run: the shared protocol, the method and its settings, the fold, and where files go.
+
+    Args:
+        job: the runner's job description (``run``, ``protocol``, ``num_folds``, paths and backbone).
 
     Returns:
         ``{knob: value}`` for ``ConfigParser.update``.
     """
     run, protocol, work = job["run"], job["protocol"], Path(job["work_dir"])
     method = run["method"]
-    learning_rate = protocol["learning_rates"][method]
+    # resolved here (not left to the bundle's null) so that FPT's own rate knob gets it too and the record is exact
+    learning_rate, _ = learning_rates(job)
     device = torch.device(job.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
-    amp = protocol.get("amp")
+    fold = run.get("fold")
     overrides: dict[str, Any] = {
         "bundle_root": str(work),
         "dataset_dir": job["dataset_dir"],
         "datalist_file": job["datalist_file"],
+        "num_folds": job.get("num_folds") if fold is not None else None,
+        "fold": 0 if fold is None else int(fold),
         "backbone": job["backbone"],
         "pretrained": job.get("pretrained"),
         "tiny_backbone": bool(job.get("tiny_backbone", False)),
         "device": device,
-        "amp": bool(amp) if amp is not None else device.type == "cuda",
+        "amp": protocol.get("amp", "auto"),  # as given: the bundle resolves "auto" per device (monai_shpeft.amp)
         "seed": run["seed"],
         "method": method,
         "method_options": dict(run.get("options") or {}),
@@ -61,8 +85,12 @@ def bundle_overrides(job: dict[str, Any]) -> dict[str, Any]:
         "val_interval": protocol["val_interval"],
         "optimizer_name": "adamw",
         "learning_rate": learning_rate,
-        "head_learning_rate": protocol["head_learning_rate"],
+        "head_learning_rate": protocol.get("head_learning_rate"),  # None: the bundle's default (the method's rate)
         "weight_decay": protocol["weight_decay"],
+        "lr_warmup_fraction": protocol.get("lr_warmup_fraction", 0.1),
+        "head_warmup": protocol.get("head_warmup", "lbfgs"),
+        "validate_warmup": bool(protocol.get("validate_warmup", True)),
+        "head_logit_scale": float(protocol.get("head_logit_scale", 30.0)),
         "estimation_iterations": protocol["estimation_iterations"],
         "num_workers": job.get("num_workers", 2),
         "fpt_image_size": protocol["fpt_image_size"],
@@ -93,8 +121,9 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         job: the runner's job description.
 
     Returns:
-        the record: trainable count and ratio, peak training memory, times, best validation metric and the test
-        macro-F1, accuracy and AUC.
+        the record: seed and fold, trainable count and ratio, peak training memory, times, the learning rates
+        used, the best validation metric and its epoch (``kept_warmup``: epoch 0, the warmed head alone), the head
+        warm-up's record, and the test macro-F1, accuracy and AUC.
     """
     bundle = Path(job["bundle"])
     work = Path(job["work_dir"])
@@ -120,7 +149,9 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     count = count_trainable(network, trainable_set)
     evaluator = parser.get_parsed_content("validate#evaluator")
     key_metric = parser.get_parsed_content("validate#key_metric_name")
-    best_value, best_epoch = evaluator.state.best_metric, evaluator.state.best_metric_epoch
+    best_value, best_epoch = evaluator.state.best_metric, int(evaluator.state.best_metric_epoch)
+    warmup_file = Path(parser.get_parsed_content("output_dir")) / "head_warmup.json"
+    warmup = json.loads(warmup_file.read_text()) if warmup_file.is_file() else None
     del trainer, evaluator, network, parser
 
     started = time.perf_counter()
@@ -133,6 +164,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
 
     run = job["run"]
     info = method_info(run["method"])
+    learning_rate, head_learning_rate = learning_rates(job)
     return {
         "key": job["key"],
         "label": job["label"],
@@ -141,6 +173,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         "budget": run.get("budget"),
         "options": run.get("options") or {},
         "seed": run["seed"],
+        "fold": run.get("fold"),
+        "num_folds": job.get("num_folds") if run.get("fold") is not None else None,
         "protocol": job["protocol"]["name"],
         **count.as_dict(),
         "peak_memory_mb": peak / 2**20,
@@ -148,8 +182,12 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         "train_seconds": train_seconds,
         "eval_seconds": eval_seconds,
         "epochs": job["protocol"]["epochs"],
-        "learning_rate": job["protocol"]["learning_rates"][run["method"]],
-        "best_validation": {"metric": key_metric, "value": float(best_value), "epoch": int(best_epoch)},
+        "learning_rate": learning_rate,
+        "head_learning_rate": head_learning_rate,
+        "best_validation": {"metric": key_metric, "value": float(best_value), "epoch": best_epoch},
+        # epoch 0 is the validation of the warmed head alone (validate_warmup): fine-tuning never beat the probe
+        "kept_warmup": best_epoch == 0,
+        "head_warmup": warmup,
         "test_f1": metrics["test_f1"],
         "test_accuracy": metrics["test_accuracy"],
         "test_auc": metrics["test_auc"],
