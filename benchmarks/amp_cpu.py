@@ -19,6 +19,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     float32 = AutocastInferer(None)
     bf16 = AutocastInferer(AmpPolicy(False, torch.bfloat16, "cpu", "bfloat16 autocast on the CPU"))
     record: dict = {
-        "command": "python benchmarks/amp_cpu.py " + " ".join(argv if argv is not None else []),
+        "command": "python benchmarks/amp_cpu.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "cpu": platform.processor() or platform.machine(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "native_bf16": cpu_supports_bf16(),

@@ -82,7 +82,7 @@ def test_the_cpu_protocol_is_the_bundles_recipe_and_the_default() -> None:
     assert (cpu.epochs, cpu.batch_size, cpu.val_interval, cpu.estimation_iterations) == (5, 32, 1, None)
     assert cpu.learning_rates == DEFAULT_LEARNING_RATES and cpu.head_learning_rate is None
     assert (cpu.weight_decay, cpu.amp, cpu.head_warmup, cpu.validate_warmup) == (0.0, "auto", "lbfgs", True)
-    assert (cpu.head_logit_scale, cpu.lr_warmup_fraction) == (30.0, 0.1)
+    assert (cpu.head_logit_scale, cpu.lr_warmup_fraction) == (100.0, 0.1)
     assert DEFAULT_PROTOCOL == "cpu" and build_parser().parse_args(["--output_dir", "x"]).protocol == "cpu"
 
 
@@ -107,7 +107,7 @@ def test_the_worker_passes_every_recipe_knob_and_the_fold_to_the_bundle() -> Non
     assert knobs["amp"] == "auto"  # as given: the bundle resolves it per device
     assert knobs["head_learning_rate"] is None  # the bundle's default: the method's own rate
     assert knobs["learning_rate"] == DEFAULT_LEARNING_RATES["shpeft"]
-    assert (knobs["head_warmup"], knobs["validate_warmup"], knobs["head_logit_scale"]) == ("lbfgs", True, 30.0)
+    assert (knobs["head_warmup"], knobs["validate_warmup"], knobs["head_logit_scale"]) == ("lbfgs", True, 100.0)
     assert (knobs["lr_warmup_fraction"], knobs["weight_decay"]) == (0.1, 0.0)
     assert (knobs["num_folds"], knobs["fold"], knobs["seed"], knobs["budget"]) == (5, 3, 1, 0.01)
     plain = bundle_overrides(_job(fold=None))

@@ -29,7 +29,7 @@ def _model() -> nn.Module:
 
 def test_every_method_of_both_papers_tables_is_registered_with_a_description() -> None:
     expected = {"full", "linear", "bitfit", "ln", "attn", "lora", "adapter", "ssf", "vpt_shallow", "vpt_deep"}
-    assert expected | {"spt_lora", "gps", "shpeft", "fpt"} == set(METHODS)
+    assert expected | {"linear_probe", "spt_lora", "gps", "shpeft", "fpt"} == set(METHODS)
     kinds = {"reference", "selective", "additive", "prompt", "selective+additive", "side network"}
     for name in METHODS:
         info = method_info(name)
@@ -43,7 +43,7 @@ def test_prepare_network_leaves_the_head_and_only_the_method_trainable(method: s
     count = count_trainable(model)
     head = sum(p.numel() for p in model.head.parameters())
     assert all(p.requires_grad for p in model.head.parameters())
-    if method == "linear":
+    if method in ("linear", "linear_probe"):  # the probe's head is fitted in closed form, then kept
         assert count.trainable == head
     elif method == "full":
         assert count.trainable == count.total
@@ -64,7 +64,7 @@ def test_shpeft_gps_and_spt_lora_choose_their_weights_when_training_starts() -> 
 def test_fpt_and_unknown_names_are_refused_with_the_supported_list() -> None:
     with pytest.raises(ValueError, match="build_fpt"):
         prepare_network(_model(), "fpt")
-    with pytest.raises(ValueError, match="supported methods: full, linear"):
+    with pytest.raises(ValueError, match="supported methods: linear_probe, full, linear"):
         check_method("prefix_tuning")
     assert check_optimizer("adamw") == "adamw" and "sgd" in OPTIMIZERS
     with pytest.raises(ValueError, match="supported: sgd, adamw"):

@@ -63,7 +63,7 @@ class Protocol:
     amp: bool | str | None = "auto"
     head_warmup: str = "lbfgs"
     validate_warmup: bool = True
-    head_logit_scale: float = 30.0
+    head_logit_scale: float = 100.0
     lr_warmup_fraction: float = 0.1
 
     def learning_rate(self, method: str) -> float:

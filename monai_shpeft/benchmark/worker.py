@@ -150,8 +150,10 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     evaluator = parser.get_parsed_content("validate#evaluator")
     key_metric = parser.get_parsed_content("validate#key_metric_name")
     best_value, best_epoch = evaluator.state.best_metric, int(evaluator.state.best_metric_epoch)
-    warmup_file = Path(parser.get_parsed_content("output_dir")) / "head_warmup.json"
-    warmup = json.loads(warmup_file.read_text()) if warmup_file.is_file() else None
+    warmup_file = Path(parser.get_parsed_content("probe_record_file"))
+    warmup = None
+    if warmup_file.is_file():  # the fit's figures, without its weights
+        warmup = {k: v for k, v in json.loads(warmup_file.read_text()).items() if k not in ("weight", "bias")}
     del trainer, evaluator, network, parser
 
     started = time.perf_counter()
