@@ -267,5 +267,6 @@ def test_an_unknown_method_stops_before_training_with_the_supported_ones(tmp_pat
             cwd=work,
             tail=100_000,
         )
-    assert "Unknown method 'lorra'; supported methods: linear_probe, full, linear, bitfit, ln, attn, lora," in str(failure.value)
+    supported = "supported methods: linear_probe, full, linear, bitfit, ln, attn, lora,"
+    assert f"Unknown method 'lorra'; {supported}" in str(failure.value)
     assert not (work / BUNDLE / "models" / "model.pt").exists()
