@@ -19,7 +19,7 @@ from monai_shpeft.benchmark.__main__ import build_parser, main
 from monai_shpeft.benchmark.report import METRICS, efficiency_score, markdown_table, paired_table
 from monai_shpeft.benchmark.runner import BenchmarkRunner, format_duration
 from monai_shpeft.benchmark.worker import bundle_overrides
-from monai_shpeft.methods import DEFAULT_LEARNING_RATES, METHODS
+from monai_shpeft.methods import DEFAULT_HEAD_LEARNING_RATES, DEFAULT_LEARNING_RATES, METHODS
 from tests.helpers import copy_bundles, write_busi_folder
 
 #: the tiny backbone at tiny sizes
@@ -105,8 +105,9 @@ def _job(protocol: str = "cpu", method: str = "shpeft", fold: int | None = 3, **
 def test_the_worker_passes_every_recipe_knob_and_the_fold_to_the_bundle() -> None:
     knobs = bundle_overrides(_job())
     assert knobs["amp"] == "auto"  # as given: the bundle resolves it per device
-    assert knobs["head_learning_rate"] is None  # the bundle's default: the method's own rate
+    # both rates resolved here as the bundle would, so the record says exactly what trained
     assert knobs["learning_rate"] == DEFAULT_LEARNING_RATES["shpeft"]
+    assert knobs["head_learning_rate"] == DEFAULT_HEAD_LEARNING_RATES["shpeft"] < knobs["learning_rate"]
     assert (knobs["head_warmup"], knobs["validate_warmup"], knobs["head_logit_scale"]) == ("lbfgs", True, 100.0)
     assert (knobs["lr_warmup_fraction"], knobs["weight_decay"]) == (0.1, 0.0)
     assert (knobs["num_folds"], knobs["fold"], knobs["seed"], knobs["budget"]) == (5, 3, 1, 0.01)
@@ -115,7 +116,8 @@ def test_the_worker_passes_every_recipe_knob_and_the_fold_to_the_bundle() -> Non
     # a method missing from a protocol's table trains at the bundles' default rate, FPT's own knob included
     missing = bundle_overrides(_job(method="fpt", learning_rates={}, amp="bf16", head_learning_rate=0.5))
     assert missing["learning_rate"] == missing["fpt_learning_rate"] == DEFAULT_LEARNING_RATES["fpt"]
-    assert (missing["amp"], missing["head_learning_rate"]) == ("bf16", 0.5)
+    assert (missing["amp"], missing["head_learning_rate"]) == ("bf16", None)  # FPT's head trains in its side net
+    assert bundle_overrides(_job(head_learning_rate=0.5))["head_learning_rate"] == 0.5
     quick = bundle_overrides(_job("quick"))
     assert (quick["head_warmup"], quick["head_logit_scale"], quick["head_learning_rate"]) == ("none", 1.0, 0.1)
 
@@ -291,9 +293,9 @@ def test_report_only_without_a_run_says_what_is_missing(tmp_path: Path) -> None:
 def test_a_failing_run_is_recorded_the_others_go_on_and_the_next_start_retries_it(work: Path) -> None:
     output = work / "failing"
     args = ["--methods", "linear,bitfit", "--output_dir", str(output)]
-    failed = _benchmark(work, *args, "--learning_rates", "bitfit=-1")  # AdamW refuses a negative rate
+    failed = _benchmark(work, *args, "--learning_rates", "bitfit=-1")  # a negative rate is refused
     assert failed.returncode == 1
-    assert "[failed] bitfit" in failed.stdout and "Invalid learning rate" in failed.stdout
+    assert "[failed] bitfit" in failed.stdout and "learning_rate must be a positive number" in failed.stdout
     record = json.loads((output / "failed" / "bitfit_seed0.json").read_text())
     assert record["exit_status"] != 0 and Path(record["log"]).is_file()
     assert (output / "results" / "linear_seed0.json").is_file()
@@ -329,7 +331,7 @@ def test_folds_run_the_linear_probe_and_report_paired_differences_per_fold(work:
     for key, record in records.items():
         assert record["key"] == key and record["fold"] == int(key[-1]) and record["num_folds"] == 2
         assert record["learning_rate"] == DEFAULT_LEARNING_RATES[record["method"]]
-        assert record["head_learning_rate"] == record["learning_rate"]  # the bundle's default: the method's rate
+        assert record["head_learning_rate"] == record["learning_rate"]  # the bundle's default for these methods
         assert record["kept_warmup"] == (record["best_validation"]["epoch"] == 0)
         assert record["head_warmup"] is not None and "validation" in record["head_warmup"]
         for metric in METRICS:

@@ -8,6 +8,8 @@ import torch.nn as nn
 
 from monai_shpeft.backbones import build_classifier
 from monai_shpeft.methods import (
+    DEFAULT_HEAD_LEARNING_RATES,
+    DEFAULT_LEARNING_RATES,
     METHODS,
     OPTIMIZERS,
     check_method,
@@ -15,6 +17,7 @@ from monai_shpeft.methods import (
     count_trainable,
     method_info,
     prepare_network,
+    resolve_learning_rates,
 )
 from monai_shpeft.methods.base import freeze_all_but, head_of
 from monai_shpeft.sparse_set import SparseTrainableSet
@@ -102,3 +105,20 @@ def test_a_model_without_a_head_is_refused_with_a_pointer_to_the_factory() -> No
         head_of(nn.Linear(2, 2))
     with pytest.raises(ValueError, match="build_classifier"):
         prepare_network(nn.Sequential(nn.Linear(2, 2)), "bitfit")
+
+
+def test_learning_rates_resolve_per_method_and_one_knob_sets_both() -> None:
+    # the sparse methods keep the warmed head slower than their few backbone entries
+    backbone, head = resolve_learning_rates("shpeft")
+    assert (backbone, head) == (DEFAULT_LEARNING_RATES["shpeft"], DEFAULT_HEAD_LEARNING_RATES["shpeft"])
+    assert head < backbone
+    assert resolve_learning_rates("full") == (DEFAULT_LEARNING_RATES["full"],) * 2
+    # a user's learning_rate sets the head too (the papers' one-rate recipes); the head knob still wins
+    assert resolve_learning_rates("shpeft", "1e-3") == (1e-3, 1e-3)
+    assert resolve_learning_rates("shpeft", 1e-3, 0.1) == (1e-3, 0.1)
+    assert resolve_learning_rates("lora", None, 2e-4) == (DEFAULT_LEARNING_RATES["lora"], 2e-4)
+    for bad in (0, -1e-3, "fast", True):
+        with pytest.raises(ValueError, match="learning_rate must be a positive number"):
+            resolve_learning_rates("shpeft", bad)
+    with pytest.raises(ValueError, match="Unknown method"):
+        resolve_learning_rates("sgd_everything")

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from monai_shpeft.memory import PeakMemoryMeter
-from monai_shpeft.methods import DEFAULT_LEARNING_RATES, count_trainable, method_info
+from monai_shpeft.methods import count_trainable, method_info, resolve_learning_rates
 from monai_shpeft.utils import atomic_write_json
 
 __all__ = ["bundle_overrides", "learning_rates", "run_job", "main"]
@@ -36,18 +36,15 @@ def learning_rates(job: dict[str, Any]) -> tuple[float, float | None]:
         job: the runner's job description.
 
     Returns:
-        ``(backbone rate, head rate)``: the protocol's rate of the method, else
-        :data:`~monai_shpeft.methods.DEFAULT_LEARNING_RATES` (the bundles' ``learning_rate: null``); the head's is
-        the protocol's ``head_learning_rate``, else the backbone's (the bundles' ``head_learning_rate: null``), and
-        ``None`` for FPT, whose head trains inside the side network at the side network's rate.
+        ``(backbone rate, head rate)`` from :func:`~monai_shpeft.methods.resolve_learning_rates` with the
+        protocol's rate of the method and its ``head_learning_rate`` (``None``: the bundles' defaults), and
+        ``None`` for the head of FPT, whose head trains inside the side network at the side network's rate.
     """
     method, protocol = job["run"]["method"], job["protocol"]
-    rate = (protocol.get("learning_rates") or {}).get(method)
-    rate = float(DEFAULT_LEARNING_RATES[method] if rate is None else rate)
-    if method == "fpt":
-        return rate, None
-    head = protocol.get("head_learning_rate")
-    return rate, float(rate if head is None else head)
+    backbone, head = resolve_learning_rates(
+        method, (protocol.get("learning_rates") or {}).get(method), protocol.get("head_learning_rate")
+    )
+    return (backbone, None) if method == "fpt" else (backbone, head)
 
 
 def bundle_overrides(job: dict[str, Any]) -> dict[str, Any]:
@@ -62,7 +59,7 @@ def bundle_overrides(job: dict[str, Any]) -> dict[str, Any]:
     run, protocol, work = job["run"], job["protocol"], Path(job["work_dir"])
     method = run["method"]
     # resolved here (not left to the bundle's null) so that FPT's own rate knob gets it too and the record is exact
-    learning_rate, _ = learning_rates(job)
+    learning_rate, head_learning_rate = learning_rates(job)
     device = torch.device(job.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
     fold = run.get("fold")
     overrides: dict[str, Any] = {
@@ -85,7 +82,7 @@ def bundle_overrides(job: dict[str, Any]) -> dict[str, Any]:
         "val_interval": protocol["val_interval"],
         "optimizer_name": "adamw",
         "learning_rate": learning_rate,
-        "head_learning_rate": protocol.get("head_learning_rate"),  # None: the bundle's default (the method's rate)
+        "head_learning_rate": head_learning_rate,  # None only for FPT, whose head trains in the side network
         "weight_decay": protocol["weight_decay"],
         "lr_warmup_fraction": protocol.get("lr_warmup_fraction", 0.1),
         "head_warmup": protocol.get("head_warmup", "lbfgs"),
