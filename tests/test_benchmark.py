@@ -81,6 +81,7 @@ def test_the_cpu_protocol_is_the_bundles_recipe_and_the_default() -> None:
     assert (cpu.image_size, cpu.fpt_image_size, cpu.fpt_side_image_size) == (112, 224, 112)
     assert (cpu.epochs, cpu.batch_size, cpu.val_interval, cpu.estimation_iterations) == (5, 32, 1, None)
     assert cpu.learning_rates == DEFAULT_LEARNING_RATES and cpu.head_learning_rate is None
+    assert cpu.head_learning_rates == DEFAULT_HEAD_LEARNING_RATES
     assert (cpu.weight_decay, cpu.amp, cpu.head_warmup, cpu.validate_warmup) == (0.0, "auto", "lbfgs", True)
     assert (cpu.head_logit_scale, cpu.lr_warmup_fraction) == (100.0, 0.1)
     assert DEFAULT_PROTOCOL == "cpu" and build_parser().parse_args(["--output_dir", "x"]).protocol == "cpu"

@@ -65,7 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fpt_image_size", type=int, default=None)
     parser.add_argument("--fpt_side_image_size", type=int, default=None)
     parser.add_argument("--estimation_iterations", type=int, default=None)
-    parser.add_argument("--head_learning_rate", type=float, default=None, help="override the head's learning rate")
+    parser.add_argument(
+        "--head_learning_rate",
+        type=float,
+        default=None,
+        help="override the head's learning rate in every method (default: the protocol's head rates)",
+    )
     parser.add_argument("--weight_decay", type=float, default=None, help="override the protocol's AdamW weight decay")
     parser.add_argument("--amp", default=None, choices=AMP_CHOICES, help="override the protocol's mixed precision")
     # the values of the bundles' head_warmup knob (monai_shpeft.handlers.HEAD_WARMUP_MODES)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from monai_shpeft.methods import DEFAULT_LEARNING_RATES, METHODS, check_method
+from monai_shpeft.methods import DEFAULT_HEAD_LEARNING_RATES, DEFAULT_LEARNING_RATES, METHODS, check_method
 
 __all__ = ["Protocol", "RunSpec", "PROTOCOLS", "DEFAULT_PROTOCOL", "SHPEFT_BUDGETS", "expand_runs", "with_overrides"]
 
@@ -36,7 +36,10 @@ class Protocol:
         estimation_iterations: mini-batches of the SH-PEFT / SPT / GPS estimation (``None``: one epoch, the paper's).
         learning_rates: per-method learning rate; a method missing here takes
             :data:`monai_shpeft.methods.DEFAULT_LEARNING_RATES`.
-        head_learning_rate: learning rate of the head; ``None``: the bundles' default (the method's own rate).
+        head_learning_rate: learning rate of the head in every method; ``None``: ``head_learning_rates``.
+        head_learning_rates: per-method head rate where it differs from the method's backbone rate (the bundles'
+            :data:`monai_shpeft.methods.DEFAULT_HEAD_LEARNING_RATES` in ``cpu``); a method missing here trains its
+            head at its backbone rate.
         weight_decay: AdamW weight decay of every method (FPT included).
         description: the reason for these settings.
         amp: the bundles' ``amp`` knob, passed as given: ``"auto"`` (CUDA mixed precision on a GPU, bfloat16 on a
@@ -58,6 +61,7 @@ class Protocol:
     estimation_iterations: int | None
     learning_rates: dict[str, float]
     head_learning_rate: float | None = None
+    head_learning_rates: dict[str, float] = field(default_factory=dict)
     weight_decay: float = 0.05
     description: str = ""
     amp: bool | str | None = "auto"
@@ -121,15 +125,16 @@ PROTOCOLS: dict[str, Protocol] = {
         estimation_iterations=None,
         learning_rates=dict(DEFAULT_LEARNING_RATES),
         head_learning_rate=None,
+        head_learning_rates=dict(DEFAULT_HEAD_LEARNING_RATES),
         weight_decay=0.0,
         amp="auto",
         description=(
             "The bundles' recipe on a 2-core CPU: 112 px (FPT: 224 px frozen, 112 px side), 5 epochs, batch 32, the "
             "head first fitted as a logistic-regression probe on frozen features (LP-FT) and validated as epoch 0, "
             "so fine-tuning must beat it; then AdamW (no weight decay) with a 10% linear warm-up and a cosine "
-            "schedule at each method's default learning rate (monai_shpeft.methods.DEFAULT_LEARNING_RATES; the "
-            "head at the same rate), SH-PEFT/SPT/GPS estimation over one epoch, mixed precision 'auto' (bfloat16 "
-            "only on CPUs that compute it natively)."
+            "schedule at each method's default learning rates (monai_shpeft.methods.DEFAULT_LEARNING_RATES; the "
+            "head at the same rate except SH-PEFT and GPS: DEFAULT_HEAD_LEARNING_RATES), SH-PEFT/SPT/GPS "
+            "estimation over one epoch, mixed precision 'auto' (bfloat16 only on CPUs that compute it natively)."
         ),
     ),
     "quick": Protocol(

@@ -37,13 +37,15 @@ def learning_rates(job: dict[str, Any]) -> tuple[float, float | None]:
 
     Returns:
         ``(backbone rate, head rate)`` from :func:`~monai_shpeft.methods.resolve_learning_rates` with the
-        protocol's rate of the method and its ``head_learning_rate`` (``None``: the bundles' defaults), and
+        protocol's rate of the method and its head rate (``head_learning_rate``, else the method's entry of
+        ``head_learning_rates``, else the backbone's), and
         ``None`` for the head of FPT, whose head trains inside the side network at the side network's rate.
     """
     method, protocol = job["run"]["method"], job["protocol"]
-    backbone, head = resolve_learning_rates(
-        method, (protocol.get("learning_rates") or {}).get(method), protocol.get("head_learning_rate")
-    )
+    head_rate = protocol.get("head_learning_rate")
+    if head_rate is None:
+        head_rate = (protocol.get("head_learning_rates") or {}).get(method)
+    backbone, head = resolve_learning_rates(method, (protocol.get("learning_rates") or {}).get(method), head_rate)
     return (backbone, None) if method == "fpt" else (backbone, head)
 
 
