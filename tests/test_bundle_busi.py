@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from monai.bundle import ConfigParser
 
+from monai_shpeft.methods import DEFAULT_HEAD_LEARNING_RATES, DEFAULT_LEARNING_RATES
 from monai_shpeft.sparse_set import SparseTrainableSet
 from monai_shpeft.utils import sha256_of_file
 from monai_shpeft.zoo import METADATA_SCHEMA
@@ -224,3 +226,27 @@ def test_default_backbone_offline_fails_with_the_actionable_message(tmp_path: Pa
     assert "PretrainedWeightsUnavailableError" in message and "open_clip:ViT-B-16" in message
     assert "pretrained='/path/to/open_clip_pytorch_model.bin'" in message
     assert not (work / BUNDLE / "models" / "model.pt").exists()
+
+
+@pytest.mark.parametrize(
+    ("knobs", "expected"),
+    [
+        ({}, (DEFAULT_LEARNING_RATES["shpeft"], DEFAULT_HEAD_LEARNING_RATES["shpeft"])),
+        ({"learning_rate": 0.002}, (0.002, 0.002)),  # one knob sets both, as the papers' recipes do
+        ({"learning_rate": 0.002, "head_learning_rate": 0.5}, (0.002, 0.5)),
+        ({"method": "full"}, (DEFAULT_LEARNING_RATES["full"],) * 2),
+    ],
+)
+def test_the_optimizer_gets_the_resolved_rates_for_backbone_and_head(
+    knobs: dict, expected: tuple[float, float], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work = copy_bundles(tmp_path)
+    monkeypatch.chdir(work)  # the bundle's % macros are paths from the repository root
+    parser = ConfigParser()
+    parser.read_config(TRAIN)
+    tiny = {"backbone": "timm:vit_small_patch14_dinov2", "tiny_backbone": True, "pretrained": None, "image_size": 28}
+    parser.update({**tiny, "device": "cpu", **knobs})
+    optimizer = parser.get_parsed_content("optimizer")
+    assert isinstance(optimizer, torch.optim.AdamW)
+    groups = {len(group["params"]) <= 2: group["lr"] for group in optimizer.param_groups}  # head: weight, bias
+    assert (groups[False], groups[True]) == pytest.approx(expected)

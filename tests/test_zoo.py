@@ -107,7 +107,7 @@ def test_the_package_passes_the_model_zoo_checks(shared: dict[str, Path]) -> Non
 def test_the_zip_is_self_contained_and_ships_the_delta_not_the_checkpoint(
     shared: dict[str, Path], tmp_path: Path
 ) -> None:
-    assert shared["zip"].name == "busi_v0.5.0.zip"
+    assert shared["zip"].name == "busi_v0.5.1.zip"
     bundle = unpack(shared["zip"], tmp_path)
     assert (bundle / "models" / "delta.safetensors").is_file() and not (bundle / "models" / "model.pt").exists()
     inference = json.loads((bundle / "configs" / "inference.json").read_text())
