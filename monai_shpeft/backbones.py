@@ -21,6 +21,7 @@ import contextlib
 import difflib
 import logging
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,6 +31,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from monai_shpeft.errors import InputError, SettingsError
+
 __all__ = [
     "PretrainedWeightsUnavailableError",
     "L2NormLinearHead",
@@ -38,7 +41,9 @@ __all__ = [
     "load_backbone_weights",
     "backbone_parameter_names",
     "normalization_stats",
+    "check_image_size",
     "parameter_groups",
+    "patch_size_of",
 ]
 
 logger = logging.getLogger(__name__)
@@ -63,7 +68,7 @@ _HUB_PROBE_TIMEOUT_S = 10.0
 _MAX_KEYS_IN_ERROR = 5
 
 
-class PretrainedWeightsUnavailableError(RuntimeError):
+class PretrainedWeightsUnavailableError(InputError, RuntimeError):
     """Raised when the weights of a pretrained tag cannot be fetched (typically: no network and no cached copy)."""
 
 
@@ -198,8 +203,7 @@ def build_classifier(
         PretrainedWeightsUnavailableError: a pretrained tag's weights cannot be downloaded (offline?).
     """
     library, name = _parse_backbone(backbone)
-    if image_size <= 0:
-        raise ValueError(f"image_size must be positive, got {image_size}.")
+    check_image_size(image_size, patch_size_of(backbone), backbone=backbone)
     weights_file, tag = _classify_pretrained(pretrained)
     if tiny and tag is not None:
         raise ValueError(f"A tiny {backbone} model cannot load the pretrained tag {tag!r}; pass a local file or None.")
@@ -375,6 +379,60 @@ def normalization_stats(backbone: str) -> tuple[tuple[float, ...], tuple[float, 
     mean = getattr(cfg, "mean", None) or (0.485, 0.456, 0.406)
     std = getattr(cfg, "std", None) or (0.229, 0.224, 0.225)
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+# "vit_small_patch14_dinov2", "vit_base_patch16_224": timm names its ViTs by patch size
+_TIMM_PATCH = re.compile(r"patch(\d+)")
+
+
+def patch_size_of(backbone: str) -> int | None:
+    """The patch size of a backbone string, read from its library's configuration without building it.
+
+    Args:
+        backbone: ``"open_clip:<model>"`` or ``"timm:<model>"``.
+
+    Returns:
+        the patch size, or ``None`` when the configuration does not say (the network checks it when built).
+    """
+    library, _, name = backbone.partition(":")
+    if library == "open_clip":
+        import open_clip
+
+        config = open_clip.get_model_config(name.replace("/", "-")) or {}
+        patch = (config.get("vision_cfg") or {}).get("patch_size")
+        return int(patch) if isinstance(patch, int) else None
+    if library == "timm":
+        match = _TIMM_PATCH.search(name)
+        return int(match.group(1)) if match else None
+    return None
+
+
+def check_image_size(image_size: int, patch_size: int | None, knob: str = "image_size", backbone: str = "") -> int:
+    """Refuse an input size the backbone's patches do not tile.
+
+    Args:
+        image_size: the size to check.
+        patch_size: the backbone's patch size (``None``: only positivity is checked).
+        knob: the knob's name, quoted in the message.
+        backbone: the backbone string, quoted in the message.
+
+    Returns:
+        ``image_size`` as an ``int``.
+
+    Raises:
+        SettingsError: when the size is not a positive integer or not a multiple of ``patch_size``.
+    """
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
+        raise SettingsError(f"{knob} must be a positive whole number of pixels, got {image_size!r}.")
+    if patch_size and image_size % patch_size:
+        lower = image_size // patch_size * patch_size
+        upper = lower + patch_size
+        fits = f"{lower} or {upper}" if lower > 0 else str(upper)
+        raise SettingsError(
+            f"{knob} {image_size} is not a multiple of the patch size {patch_size} of {backbone or 'the backbone'}: "
+            f"the patches would not tile the image. Use {fits} (bundles: --{knob} {upper})."
+        )
+    return image_size
 
 
 def _parse_backbone(backbone: str) -> tuple[str, str]:

@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
+from monai_shpeft.errors import InputError
 from monai_shpeft.importance import unwrap
 from monai_shpeft.utils import atomic_path, read_safetensors, sha256_of_file
 
@@ -56,7 +57,7 @@ _DENSE = "dense/"
 _WEIGHT_SOURCES = ("checkpoint", "delta", "auto")
 
 
-class DeltaMismatchError(ValueError):
+class DeltaMismatchError(InputError, ValueError):
     """The network a delta is applied to is not the one it was made against (structure or backbone weights)."""
 
 

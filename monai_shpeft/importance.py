@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from monai_shpeft.distributed import synchronize_sum
+from monai_shpeft.errors import ShpeftError
 
 __all__ = [
     "ImportanceMode",
@@ -57,7 +58,7 @@ class ImportanceMode(str, Enum):
     TASK_AGNOSTIC = "task_agnostic"
 
 
-class NonFiniteGradientError(FloatingPointError):
+class NonFiniteGradientError(ShpeftError, FloatingPointError):
     """A gradient met during importance estimation is NaN or infinite."""
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from monai_shpeft.errors import InputError, SettingsError
 from monai_shpeft.utils import atomic_path, read_safetensors
 
 __all__ = [
@@ -44,7 +45,7 @@ _HEADER_KEY = "header"
 _BLOCK_PATTERN = re.compile(r"(?:^|\.)(?:blocks|resblocks|layers|layer)\.(\d+)\.")
 
 
-class SparseSetMismatchError(ValueError):
+class SparseSetMismatchError(InputError, ValueError):
     """A sparse trainable set does not fit the model it is applied to (other backbone, names or shapes)."""
 
 
@@ -99,16 +100,16 @@ def resolve_budget(budget: float | int, total: int) -> int:
         the number of entries to select, at least 1.
 
     Raises:
-        ValueError: for a budget that is not positive, a ratio above 1, or a count above ``total``.
+        SettingsError: for a budget that is not positive, a ratio above 1, or a count above ``total``.
     """
     if isinstance(budget, bool) or not isinstance(budget, (int, float)):
-        raise ValueError(f"budget must be a ratio (float in (0, 1]) or a count (int >= 1), got {budget!r}.")
+        raise SettingsError(f"budget must be a ratio (float in (0, 1]) or a count (int >= 1), got {budget!r}.")
     if isinstance(budget, float):
         if not 0.0 < budget <= 1.0:
-            raise ValueError(f"budget ratio must be in (0, 1] (0.01 means 1%), got {budget}.")
+            raise SettingsError(f"budget ratio must be in (0, 1] (0.01 means 1%), got {budget}.")
         return max(1, int(round(budget * total)))
     if not 1 <= budget <= total:
-        raise ValueError(f"budget count must be between 1 and the {total} weights in scope, got {budget}.")
+        raise SettingsError(f"budget count must be between 1 and the {total} weights in scope, got {budget}.")
     return int(budget)
 
 

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from monai_shpeft.errors import SettingsError
+
 __all__ = ["as_flag", "atomic_path", "atomic_write_json", "read_safetensors", "sha256_of_file"]
 
 
@@ -102,7 +104,7 @@ def as_flag(value: Any, name: str = "flag") -> bool:
         return False
     if word in _TRUE_WORDS:
         return True
-    raise ValueError(f"{name} must be true or false, got {value!r}.")
+    raise SettingsError(f"{name} must be true or false, got {value!r}.")
 
 
 def read_safetensors(path: str | os.PathLike, what: str) -> tuple[dict[str, str], dict[str, Any]]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from monai_shpeft.data.files import class_folder_items
 from monai_shpeft.data.layout import DatasetLayout, register_layout
+from monai_shpeft.errors import DatasetFolderError
 
 __all__ = ["BUSI_CLASSES", "BUSI_LAYOUT", "busi_datalist"]
 
@@ -33,12 +34,12 @@ def busi_datalist(dataset_dir: str | os.PathLike, classes: tuple[str, ...] = BUS
         ``[{"image": path, "label": index}, ...]`` sorted by class then file name.
 
     Raises:
-        FileNotFoundError: if ``dataset_dir`` or a class folder is missing.
-        ValueError: if a class folder holds no image, or ``dataset_dir`` has a folder that is not a known class.
+        DatasetFolderError: if ``dataset_dir`` or a class folder is missing.
+        DatasetLayoutError: if a class folder holds no image, or ``dataset_dir`` has a folder that is not a known class.
     """
     root = Path(dataset_dir)
     if not root.is_dir():
-        raise FileNotFoundError(f"BUSI dataset folder not found: {root}")
+        raise DatasetFolderError(f"BUSI dataset folder not found: {root}")
     return class_folder_items(
         root,
         classes,

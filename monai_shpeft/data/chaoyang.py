@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from monai_shpeft.data.layout import DatasetLayout, register_layout
+from monai_shpeft.errors import DatasetFolderError, DatasetLayoutError
 
 __all__ = ["CHAOYANG_CLASSES", "CHAOYANG_LAYOUT", "chaoyang_datalist"]
 
@@ -37,13 +38,13 @@ def chaoyang_datalist(dataset_dir: str | os.PathLike) -> dict[str, list[dict]]:
         (the validation part is carved from training by :func:`monai_shpeft.data.prepare_datalist`).
 
     Raises:
-        FileNotFoundError: if ``dataset_dir`` or a label file is missing.
-        ValueError: if a label file is not a list of ``{"name", "label"}`` entries, has a label outside
+        DatasetFolderError: if ``dataset_dir`` or a label file is missing.
+        DatasetLayoutError: if a label file is not a list of ``{"name", "label"}`` entries, has a label outside
             0-3, or names an image that does not exist.
     """
     root = Path(dataset_dir)
     if not root.is_dir():
-        raise FileNotFoundError(f"Chaoyang dataset folder not found: {root} (expected {_EXPECTED} in it).")
+        raise DatasetFolderError(f"Chaoyang dataset folder not found: {root} (expected {_EXPECTED} in it).")
     if not (root / "train.json").is_file() and (root / _RELEASE_FOLDER / "train.json").is_file():
         root = root / _RELEASE_FOLDER
     return {part: _read_label_file(root, root / name) for part, name in _LABEL_FILES.items()}
@@ -52,26 +53,30 @@ def chaoyang_datalist(dataset_dir: str | os.PathLike) -> dict[str, list[dict]]:
 def _read_label_file(root: Path, label_file: Path) -> list[dict]:
     """Read one Chaoyang label file into datalist items, checking every entry."""
     if not label_file.is_file():
-        raise FileNotFoundError(f"Chaoyang label file missing: {label_file} (expected {_EXPECTED} under {root}).")
+        raise DatasetFolderError(f"Chaoyang label file missing: {label_file} (expected {_EXPECTED} under {root}).")
     try:
         entries = json.loads(label_file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"cannot read the Chaoyang label file {label_file}: {error}") from error
+        raise DatasetLayoutError(f"cannot read the Chaoyang label file {label_file}: {error}") from error
     if not isinstance(entries, list) or not entries:
-        raise ValueError(f"Chaoyang label file {label_file} must be a non-empty JSON list of {{name, label}} entries.")
+        raise DatasetLayoutError(
+            f"Chaoyang label file {label_file} must be a non-empty JSON list of {{name, label}} entries."
+        )
     items: list[dict] = []
     for index, entry in enumerate(entries):
         if not isinstance(entry, dict) or "name" not in entry or "label" not in entry:
-            raise ValueError(f"{label_file}: entry {index} needs 'name' and 'label': {entry!r}")
+            raise DatasetLayoutError(f"{label_file}: entry {index} needs 'name' and 'label': {entry!r}")
         label = entry["label"]
         if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(CHAOYANG_CLASSES):
-            raise ValueError(
+            raise DatasetLayoutError(
                 f"{label_file}: entry {index} ({entry['name']!r}) has label {label!r}, not one of "
                 f"0-{len(CHAOYANG_CLASSES) - 1} ({', '.join(CHAOYANG_CLASSES)})."
             )
         image = root / str(entry["name"])
         if not image.is_file():
-            raise ValueError(f"{label_file}: entry {index} names {entry['name']!r}, but {image} does not exist.")
+            raise DatasetLayoutError(
+                f"{label_file}: entry {index} names {entry['name']!r}, but {image} does not exist."
+            )
         items.append({"image": str(image), "label": label})
     return items
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from monai_shpeft.data.files import ImageIndex
 from monai_shpeft.data.layout import DatasetLayout, register_layout
+from monai_shpeft.errors import DatasetFolderError
 
 __all__ = ["COVID19_CT_CLASSES", "COVID19_CT_LAYOUT", "covid19_ct_datalist"]
 
@@ -45,20 +46,20 @@ def covid19_ct_datalist(dataset_dir: str | os.PathLike) -> dict[str, list[dict]]
         NonCOVID (0) then COVID (1) in split-file order.
 
     Raises:
-        FileNotFoundError: if ``dataset_dir``, an image folder or a split file is missing.
-        ValueError: if an image folder holds no image, or a split file names an image that does not exist (or
+        DatasetFolderError: if ``dataset_dir``, an image folder or a split file is missing.
+        DatasetLayoutError: if an image folder holds no image, or a split file names an image that does not exist (or
             matches several files).
     """
     root = Path(dataset_dir)
     if not root.is_dir():
-        raise FileNotFoundError(f"COVID-CT dataset folder not found: {root} (expected {_EXPECTED}).")
+        raise DatasetFolderError(f"COVID-CT dataset folder not found: {root} (expected {_EXPECTED}).")
     parts: dict[str, list[dict]] = {part: [] for part in _SPLIT_PREFIXES}
     for label, name in enumerate(COVID19_CT_CLASSES):
         index = ImageIndex(_image_folder(root, name), _IMAGE_SUFFIXES, "COVID-CT")
         for part, prefix in _SPLIT_PREFIXES.items():
             split_file = root / "Data-split" / name / f"{prefix}CT_{name}.txt"
             if not split_file.is_file():
-                raise FileNotFoundError(
+                raise DatasetFolderError(
                     f"COVID-CT split file missing: {split_file} (expected {_EXPECTED} under {root})."
                 )
             for entry in _read_names(split_file):
@@ -71,7 +72,7 @@ def _image_folder(root: Path, name: str) -> Path:
     for folder in (root / "Images-processed" / f"CT_{name}", root / f"CT_{name}"):
         if folder.is_dir():
             return folder
-    raise FileNotFoundError(
+    raise DatasetFolderError(
         f"COVID-CT image folder missing: {root / 'Images-processed' / f'CT_{name}'} (expected {_EXPECTED} under "
         f"{root}; unzip CT_{name}.zip there)."
     )

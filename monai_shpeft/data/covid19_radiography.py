@@ -38,7 +38,7 @@ def covid19_radiography_datalist(dataset_dir: str | os.PathLike) -> list[dict]:
         ``[{"image": path, "label": index}, ...]`` sorted by class then file name.
 
     Raises:
-        FileNotFoundError: if ``dataset_dir`` or a class folder is missing.
+        DatasetFolderError: if ``dataset_dir`` or a class folder is missing.
         ValueError: if a class folder holds no image, or the folder has a sub-folder that is not a known class.
     """
     expected = f"{_RELEASE_FOLDER}/ with class folders {list(COVID19_RADIOGRAPHY_CLASSES)}, each with images/"

@@ -43,7 +43,7 @@ def covid_cxr_datalist(dataset_dir: str | os.PathLike) -> list[dict]:
         skipped (their number is logged).
 
     Raises:
-        FileNotFoundError: if ``dataset_dir`` or a class folder is missing.
+        DatasetFolderError: if ``dataset_dir`` or a class folder is missing.
         ValueError: if a class folder holds no image, or the folder has a sub-folder that is not a known class.
     """
     expected = f"{_RELEASE_FOLDER}/ with class folders {list(COVID_CXR_CLASSES)}"

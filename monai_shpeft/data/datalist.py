@@ -17,6 +17,7 @@ from typing import Any
 from monai_shpeft.data.duplicates import DEFAULT_THRESHOLD, check_duplicate_mode, find_duplicates
 from monai_shpeft.data.layout import get_layout
 from monai_shpeft.data.split import GroupSplitError, check_folds, kfold_split, minimum_kfold_size, stratified_split
+from monai_shpeft.errors import DatasetFolderError, InputError
 from monai_shpeft.utils import atomic_write_json
 
 __all__ = ["DatalistError", "load_datalist", "prepare_datalist"]
@@ -25,7 +26,7 @@ logger = logging.getLogger(__name__)
 PARTS = ("training", "validation", "test")
 
 
-class DatalistError(ValueError):
+class DatalistError(InputError, ValueError):
     """A datalist file is unreadable, incomplete or points to files that do not exist."""
 
 
@@ -294,12 +295,12 @@ def inference_items(
 
     Raises:
         ValueError: if neither source is given, the part is unknown, or no image is found.
-        FileNotFoundError: if ``input_dir`` does not exist.
+        DatasetFolderError: if ``input_dir`` does not exist.
     """
     if input_dir:
         root = Path(input_dir)
         if not root.is_dir():
-            raise FileNotFoundError(f"inference input folder not found: {root}")
+            raise DatasetFolderError(f"inference input folder not found: {root}")
         paths = sorted(
             p
             for p in root.rglob("*")

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from monai_shpeft.data.layout import DatasetLayout, register_layout
+from monai_shpeft.errors import DatasetFolderError, DatasetLayoutError
 
 __all__ = ["DDSM_CLASSES", "DDSM_LAYOUT", "ddsm_datalist"]
 
@@ -66,13 +67,13 @@ def ddsm_datalist(
         :func:`monai_shpeft.data.prepare_datalist`).
 
     Raises:
-        FileNotFoundError: if ``dataset_dir``, a description CSV or the image folder is missing.
-        ValueError: if a CSV lacks a needed column, has an unknown ``pathology``, or has an ``image file path``
+        DatasetFolderError: if ``dataset_dir``, a description CSV or the image folder is missing.
+        DatasetLayoutError: if a CSV lacks a needed column, has an unknown ``pathology``, or has an ``image file path``
             that matches no file (or several) on disk.
     """
     root = Path(dataset_dir)
     if not root.is_dir():
-        raise FileNotFoundError(f"CBIS-DDSM dataset folder not found: {root} (expected {_EXPECTED}).")
+        raise DatasetFolderError(f"CBIS-DDSM dataset folder not found: {root} (expected {_EXPECTED}).")
     kaggle = (root / "csv").is_dir() and (root / "jpeg").is_dir()
     csv_dir = root / "csv" if kaggle else root
     resolve = _KaggleResolver(root / "jpeg") if kaggle else _TciaResolver(_dicom_root(root))
@@ -82,7 +83,7 @@ def ddsm_datalist(
         for abnormality in abnormalities:
             csv_file = csv_dir / f"{abnormality}_case_description_{split}_set.csv"
             if not csv_file.is_file():
-                raise FileNotFoundError(f"CBIS-DDSM description CSV missing: {csv_file} (expected {_EXPECTED}).")
+                raise DatasetFolderError(f"CBIS-DDSM description CSV missing: {csv_file} (expected {_EXPECTED}).")
             for image, label in _read_description(csv_file, resolve):
                 labels[image] = max(label, labels.get(image, 0))
         parts[part] = [{"image": image, "label": labels[image]} for image in sorted(labels)]
@@ -97,7 +98,7 @@ def _dicom_root(root: Path) -> Path:
         return found
     if any(p.is_dir() and p.name.startswith(("Mass-", "Calc-")) for p in root.iterdir()):
         return root
-    raise FileNotFoundError(f"CBIS-DDSM image folder missing: {root / 'CBIS-DDSM'} (expected {_EXPECTED}).")
+    raise DatasetFolderError(f"CBIS-DDSM image folder missing: {root / 'CBIS-DDSM'} (expected {_EXPECTED}).")
 
 
 def _read_description(csv_file: Path, resolve: _TciaResolver | _KaggleResolver) -> list[tuple[str, int]]:
@@ -107,18 +108,18 @@ def _read_description(csv_file: Path, resolve: _TciaResolver | _KaggleResolver) 
         reader = csv.DictReader(handle)
         missing = {_PATH_COLUMN, _PATHOLOGY_COLUMN} - set(reader.fieldnames or ())
         if missing:
-            raise ValueError(f"{csv_file} lacks column(s) {sorted(missing)} (has {reader.fieldnames}).")
+            raise DatasetLayoutError(f"{csv_file} lacks column(s) {sorted(missing)} (has {reader.fieldnames}).")
         for line, row in enumerate(reader, start=2):
             pathology = (row[_PATHOLOGY_COLUMN] or "").strip().upper()
             if pathology not in _PATHOLOGY:
-                raise ValueError(
+                raise DatasetLayoutError(
                     f"{csv_file}, line {line}: unknown pathology {row[_PATHOLOGY_COLUMN]!r} (expected one of "
                     f"{sorted(_PATHOLOGY)})."
                 )
             csv_path = (row[_PATH_COLUMN] or "").strip().strip('"').replace("\\", "/")
             components = [c for c in csv_path.split("/") if c]
             if len(components) < 2:
-                raise ValueError(f"{csv_file}, line {line}: malformed {_PATH_COLUMN} {csv_path!r}.")
+                raise DatasetLayoutError(f"{csv_file}, line {line}: malformed {_PATH_COLUMN} {csv_path!r}.")
             pairs.append((str(resolve(components, f"{csv_file}, line {line}")), _PATHOLOGY[pathology]))
     return pairs
 
@@ -136,7 +137,7 @@ class _TciaResolver:
             return direct
         series_folder = self.dicom_root / components[0]
         if not series_folder.is_dir():
-            raise ValueError(f"{where}: image '{'/'.join(components)}' has no series folder {series_folder}.")
+            raise DatasetLayoutError(f"{where}: image '{'/'.join(components)}' has no series folder {series_folder}.")
         if series_folder not in self._files:
             self._files[series_folder] = sorted(series_folder.rglob("*.dcm"))
         files = self._files[series_folder]
@@ -145,7 +146,7 @@ class _TciaResolver:
             files = [f for f in files if f.parent.name == series_uid or "full mammogram" in f.parent.name.lower()]
         if len(files) != 1:
             found = f"{len(files)} candidate DICOM files" if files else "no DICOM file"
-            raise ValueError(f"{where}: image '{'/'.join(components)}' matches {found} under {series_folder}.")
+            raise DatasetLayoutError(f"{where}: image '{'/'.join(components)}' matches {found} under {series_folder}.")
         return files[0]
 
 
@@ -160,7 +161,7 @@ class _KaggleResolver:
         files = sorted(folder.glob("*.jpg")) if folder.is_dir() else []
         if len(files) != 1:
             found = f"{len(files)} JPEG files" if files else "no JPEG file"
-            raise ValueError(f"{where}: image '{'/'.join(components)}' matches {found} in {folder}.")
+            raise DatasetLayoutError(f"{where}: image '{'/'.join(components)}' matches {found} in {folder}.")
         return files[0]
 
 

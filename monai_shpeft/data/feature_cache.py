@@ -32,6 +32,7 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from monai_shpeft.errors import InputError
 from monai_shpeft.utils import atomic_path, atomic_write_json, sha256_of_file
 
 __all__ = [
@@ -51,7 +52,7 @@ _DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch
 _TENSOR_NAME = "features"
 
 
-class FeatureCacheError(RuntimeError):
+class FeatureCacheError(InputError, RuntimeError):
     """A cache entry is missing when it must exist, or is unreadable; the message names the file or image."""
 
 

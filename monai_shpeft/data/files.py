@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+from monai_shpeft.errors import DatasetFolderError, DatasetLayoutError
+
 __all__ = ["ImageIndex", "class_folder_items", "release_root"]
 
 
@@ -21,7 +23,7 @@ class ImageIndex:
         dataset: dataset name, quoted in errors.
 
     Raises:
-        ValueError: if the folder holds no image.
+        DatasetLayoutError: if the folder holds no image.
     """
 
     def __init__(self, folder: Path, suffixes: Iterable[str], dataset: str) -> None:
@@ -29,7 +31,7 @@ class ImageIndex:
         allowed = {s.lower() for s in suffixes}
         files = sorted(p for p in folder.iterdir() if p.suffix.lower() in allowed and not p.name.startswith("."))
         if not files:
-            raise ValueError(f"{dataset} image folder {folder} holds no image.")
+            raise DatasetLayoutError(f"{dataset} image folder {folder} holds no image.")
         self.by_name = {p.name: p for p in files}
         self.by_lower = {p.name.lower(): p for p in files}
         self.by_stem: dict[str, list[Path]] = {}
@@ -57,7 +59,7 @@ class ImageIndex:
         if len(candidates) == 1:
             return candidates[0]
         found = "several files match it" if candidates else "no such image"
-        raise ValueError(f"{where} {name!r} does not name an image of {self.folder} ({found}).")
+        raise DatasetLayoutError(f"{where} {name!r} does not name an image of {self.folder} ({found}).")
 
 
 def class_folder_items(
@@ -84,18 +86,18 @@ def class_folder_items(
         ``[{"image": path, "label": index}, ...]`` sorted by class then file name.
 
     Raises:
-        FileNotFoundError: if ``root`` is empty or a class folder is missing.
-        ValueError: if ``root`` has a folder that is not a class, or a class folder holds no image.
+        DatasetFolderError: if ``root`` is empty or a class folder is missing.
+        DatasetLayoutError: if ``root`` has a folder that is not a class, or a class folder holds no image.
     """
     entries = [p for p in root.iterdir() if not p.name.startswith(".")]
     if not entries:
-        raise FileNotFoundError(
+        raise DatasetFolderError(
             f"{dataset} dataset folder {root} is empty (expected {expected}). Is dataset_dir the right folder, and "
             "did the download finish unpacking?"
         )
     unknown = sorted(p.name for p in entries if p.is_dir() and p.name not in classes)
     if unknown:
-        raise ValueError(
+        raise DatasetLayoutError(
             f"{root} has folder(s) {unknown} that are not {dataset} classes {list(classes)}: every folder there is "
             "read as a class, and this bundle has no label for these. Move them out of the dataset folder, or use a "
             "bundle whose classes include them."
@@ -105,7 +107,7 @@ def class_folder_items(
     for label, name in enumerate(classes):
         folder = root / name
         if not folder.is_dir():
-            raise FileNotFoundError(f"{dataset} class folder missing: {folder} (expected {expected}).")
+            raise DatasetFolderError(f"{dataset} class folder missing: {folder} (expected {expected}).")
         if image_subfolder and (folder / image_subfolder).is_dir():
             folder = folder / image_subfolder
         images = sorted(
@@ -117,7 +119,7 @@ def class_folder_items(
             and not (is_mask is not None and is_mask(p))
         )
         if not images:
-            raise ValueError(
+            raise DatasetLayoutError(
                 f"{dataset} class folder {folder} holds no image ({', '.join(sorted(allowed))}): a class without "
                 "images cannot be learned or tested. Add its images, or check that dataset_dir is the right folder."
             )
@@ -139,11 +141,11 @@ def release_root(dataset_dir: str | Path, release_folder: str, first_class: str,
         the folder to list.
 
     Raises:
-        FileNotFoundError: if ``dataset_dir`` does not exist.
+        DatasetFolderError: if ``dataset_dir`` does not exist.
     """
     root = Path(dataset_dir)
     if not root.is_dir():
-        raise FileNotFoundError(f"{dataset} dataset folder not found: {root} (expected {expected}).")
+        raise DatasetFolderError(f"{dataset} dataset folder not found: {root} (expected {expected}).")
     if not (root / first_class).is_dir() and (root / release_folder).is_dir():
         return root / release_folder
     return root

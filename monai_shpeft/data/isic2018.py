@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 
 from monai_shpeft.data.layout import DatasetLayout, register_layout
+from monai_shpeft.errors import DatasetFolderError, DatasetLayoutError
 
 __all__ = ["ISIC2018_CLASSES", "ISIC2018_LAYOUT", "isic2018_datalist"]
 
@@ -47,13 +48,13 @@ def isic2018_datalist(dataset_dir: str | os.PathLike) -> dict[str, list[dict]]:
         CSV order; ``validation`` is empty when the validation part is not there.
 
     Raises:
-        FileNotFoundError: if ``dataset_dir``, or the image folder or CSV of the training or test part, is missing.
-        ValueError: if a CSV has an unknown or missing diagnosis column, a row without exactly one diagnosis, or
+        DatasetFolderError: if ``dataset_dir``, or the image folder or CSV of the training or test part, is missing.
+        DatasetLayoutError: if a CSV has an unknown or missing diagnosis column, a row without exactly one diagnosis, or
             a row whose image does not exist.
     """
     root = Path(dataset_dir)
     if not root.is_dir():
-        raise FileNotFoundError(
+        raise DatasetFolderError(
             f"ISIC 2018 dataset folder not found: {root} (expected ISIC2018_Task3_<Part>_Input/ and "
             "ISIC2018_Task3_<Part>_GroundTruth/ISIC2018_Task3_<Part>_GroundTruth.csv for Training and Test)."
         )
@@ -68,7 +69,7 @@ def isic2018_datalist(dataset_dir: str | os.PathLike) -> dict[str, list[dict]]:
             parts[part] = _read_ground_truth(csv_file, image_dir)
         elif part in _REQUIRED_PARTS:
             missing = image_dir if not image_dir.is_dir() else root / f"ISIC2018_Task3_{name}_GroundTruth" / csv_name
-            raise FileNotFoundError(f"ISIC 2018 {name} part missing: {missing} does not exist.")
+            raise DatasetFolderError(f"ISIC 2018 {name} part missing: {missing} does not exist.")
         else:
             logger.info("ISIC 2018: no %s part in %s; its validation part is carved from training.", name, root)
             parts[part] = []
@@ -84,7 +85,7 @@ def _read_ground_truth(csv_file: Path, image_dir: Path) -> list[dict]:
         unknown = [c for c in columns if c not in (_IMAGE_COLUMN, *ISIC2018_CLASSES)]
         missing = [c for c in (_IMAGE_COLUMN, *ISIC2018_CLASSES) if c not in columns]
         if unknown or missing:
-            raise ValueError(
+            raise DatasetLayoutError(
                 f"{csv_file}: header {columns} has unknown column(s) {unknown} / lacks {missing}; expected "
                 f"{[_IMAGE_COLUMN, *ISIC2018_CLASSES]}."
             )
@@ -94,20 +95,20 @@ def _read_ground_truth(csv_file: Path, image_dir: Path) -> list[dict]:
             try:
                 hot = [label for label, column in enumerate(ISIC2018_CLASSES) if float(row[column]) == 1.0]
             except (TypeError, ValueError) as error:
-                raise ValueError(
+                raise DatasetLayoutError(
                     f"{csv_file}, line {line} ({name!r}): non-numeric diagnosis cell ({error})."
                 ) from error
             if len(hot) != 1:
-                raise ValueError(
+                raise DatasetLayoutError(
                     f"{csv_file}, line {line} ({name!r}): expected exactly one 1.0 among {list(ISIC2018_CLASSES)}, "
                     f"found {len(hot)}."
                 )
             image = image_dir / (name if Path(name).suffix.lower() == ".jpg" else f"{name}.jpg")
             if not image.is_file():
-                raise ValueError(f"{csv_file}, line {line}: image {name!r} has no file {image}.")
+                raise DatasetLayoutError(f"{csv_file}, line {line}: image {name!r} has no file {image}.")
             items.append({"image": str(image), "label": hot[0]})
     if not items:
-        raise ValueError(f"{csv_file} lists no image.")
+        raise DatasetLayoutError(f"{csv_file} lists no image.")
     return items
 
 

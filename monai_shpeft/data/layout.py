@@ -6,6 +6,8 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from monai_shpeft.errors import SettingsError
+
 __all__ = ["DATASETS", "DatasetLayout", "get_layout", "register_layout"]
 
 Items = list[dict]
@@ -48,5 +50,5 @@ def get_layout(name: str) -> DatasetLayout:
         ValueError: listing the known names if ``name`` is unknown.
     """
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset '{name}'; known datasets: {sorted(DATASETS)}.")
+        raise SettingsError(f"unknown dataset '{name}'; known datasets: {sorted(DATASETS)}.")
     return DATASETS[name]

@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 
 from monai_shpeft.data.layout import DatasetLayout, register_layout
+from monai_shpeft.errors import DatasetFolderError, DatasetLayoutError
 
 __all__ = ["LIMUC_CLASSES", "LIMUC_LAYOUT", "limuc_datalist"]
 
@@ -47,23 +48,23 @@ def limuc_datalist(dataset_dir: str | os.PathLike) -> list[dict] | dict[str, lis
         or from class folders in ``dataset_dir``; sorted by class then path.
 
     Raises:
-        FileNotFoundError: if ``dataset_dir`` or a class folder is missing, or no known layout is found.
-        ValueError: if a class holds no image, or a folder that should hold classes has an unknown one.
+        DatasetFolderError: if ``dataset_dir`` or a class folder is missing, or no known layout is found.
+        DatasetLayoutError: if a class holds no image, or a folder that should hold classes has an unknown one.
     """
     root = Path(dataset_dir)
     if not root.is_dir():
-        raise FileNotFoundError(f"LIMUC dataset folder not found: {root} (expected {_EXPECTED}).")
+        raise DatasetFolderError(f"LIMUC dataset folder not found: {root} (expected {_EXPECTED}).")
     official = {part: root / folder for part, folder in _OFFICIAL_PARTS.items()}
     if all(folder.is_dir() for folder in official.values()):
         return {part: _list_class_folders([folder]) for part, folder in official.items()}
     if (root / _PATIENT_FOLDER).is_dir():
         patients = sorted(p for p in (root / _PATIENT_FOLDER).iterdir() if p.is_dir() and not p.name.startswith("."))
         if not patients:
-            raise ValueError(f"LIMUC patient folder {root / _PATIENT_FOLDER} holds no patient folder.")
+            raise DatasetLayoutError(f"LIMUC patient folder {root / _PATIENT_FOLDER} holds no patient folder.")
         return _list_class_folders(patients, require_all=False)
     if any((root / name).is_dir() for name in LIMUC_CLASSES):
         return _list_class_folders([root])
-    raise FileNotFoundError(f"no LIMUC layout found in {root}: expected {_EXPECTED}.")
+    raise DatasetFolderError(f"no LIMUC layout found in {root}: expected {_EXPECTED}.")
 
 
 def _list_class_folders(parents: list[Path], require_all: bool = True) -> list[dict]:
@@ -74,8 +75,8 @@ def _list_class_folders(parents: list[Path], require_all: bool = True) -> list[d
         require_all: whether every parent must hold every class folder (patients hold only some).
 
     Raises:
-        FileNotFoundError: if ``require_all`` and a class folder is missing.
-        ValueError: if a parent has an unknown sub-folder, or a class has no image across ``parents``.
+        DatasetFolderError: if ``require_all`` and a class folder is missing.
+        DatasetLayoutError: if a parent has an unknown sub-folder, or a class has no image across ``parents``.
     """
     for parent in parents:
         unknown = sorted(
@@ -84,7 +85,9 @@ def _list_class_folders(parents: list[Path], require_all: bool = True) -> list[d
             if p.is_dir() and p.name not in LIMUC_CLASSES and not p.name.startswith(".")
         )
         if unknown:
-            raise ValueError(f"{parent} has folder(s) {unknown} that are not LIMUC classes {list(LIMUC_CLASSES)}.")
+            raise DatasetLayoutError(
+                f"{parent} has folder(s) {unknown} that are not LIMUC classes {list(LIMUC_CLASSES)}."
+            )
     items: list[dict] = []
     for label, name in enumerate(LIMUC_CLASSES):
         count = 0
@@ -92,7 +95,7 @@ def _list_class_folders(parents: list[Path], require_all: bool = True) -> list[d
             folder = parent / name
             if not folder.is_dir():
                 if require_all:
-                    raise FileNotFoundError(
+                    raise DatasetFolderError(
                         f"LIMUC class folder missing: {folder} (expected {list(LIMUC_CLASSES)} in {parent})."
                     )
                 continue
@@ -102,12 +105,12 @@ def _list_class_folders(parents: list[Path], require_all: bool = True) -> list[d
                 if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES and not p.name.startswith(".")
             )
             if not images and require_all:
-                raise ValueError(f"LIMUC class folder {folder} holds no image.")
+                raise DatasetLayoutError(f"LIMUC class folder {folder} holds no image.")
             items.extend({"image": str(p), "label": label} for p in images)
             count += len(images)
         if count == 0:
             where = parents[0].parent if len(parents) > 1 else parents[0]
-            raise ValueError(f"LIMUC class '{name}' has no image under {where}.")
+            raise DatasetLayoutError(f"LIMUC class '{name}' has no image under {where}.")
     return items
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from monai_shpeft.data.files import ImageIndex
 from monai_shpeft.data.layout import DatasetLayout, register_layout
+from monai_shpeft.errors import DatasetFolderError, DatasetLayoutError
 
 __all__ = ["MESSIDOR2_CLASSES", "MESSIDOR2_LAYOUT", "messidor2_datalist"]
 
@@ -50,16 +51,16 @@ def messidor2_datalist(dataset_dir: str | os.PathLike) -> list[dict]:
         logged).
 
     Raises:
-        FileNotFoundError: if ``dataset_dir``, ``IMAGES/`` or ``messidor_data.csv`` is missing.
-        ValueError: if the CSV lacks a needed column, a grade is not 0-4, a gradable row has no grade, or a row
+        DatasetFolderError: if ``dataset_dir``, ``IMAGES/`` or ``messidor_data.csv`` is missing.
+        DatasetLayoutError: if the CSV lacks a needed column, a grade is not 0-4, a gradable row has no grade, or a row
             names an image that does not exist; or if no image is gradable.
     """
     root = Path(dataset_dir)
     if not root.is_dir():
-        raise FileNotFoundError(f"Messidor-2 dataset folder not found: {root} (expected {_EXPECTED}).")
+        raise DatasetFolderError(f"Messidor-2 dataset folder not found: {root} (expected {_EXPECTED}).")
     image_dir = next((root / name for name in _IMAGE_FOLDERS if (root / name).is_dir()), None)
     if image_dir is None:
-        raise FileNotFoundError(f"Messidor-2 image folder missing: {root / 'IMAGES'} (expected {_EXPECTED}).")
+        raise DatasetFolderError(f"Messidor-2 image folder missing: {root / 'IMAGES'} (expected {_EXPECTED}).")
     grades_file = _find_grades_file(root)
     images = ImageIndex(image_dir, _IMAGE_SUFFIXES, "Messidor-2")
     items: list[dict] = []
@@ -68,29 +69,33 @@ def messidor2_datalist(dataset_dir: str | os.PathLike) -> list[dict]:
         reader = csv.DictReader(handle)
         missing = {_ID_COLUMN, _GRADE_COLUMN} - set(reader.fieldnames or ())
         if missing:
-            raise ValueError(f"{grades_file} lacks column(s) {sorted(missing)} (has {reader.fieldnames}).")
+            raise DatasetLayoutError(f"{grades_file} lacks column(s) {sorted(missing)} (has {reader.fieldnames}).")
         for line, row in enumerate(reader, start=2):
             image_id = (row.get(_ID_COLUMN) or "").strip()
             grade = (row.get(_GRADE_COLUMN) or "").strip()
             gradable = (row.get(_GRADABLE_COLUMN) or "").strip()
             if not image_id:
-                raise ValueError(f"{grades_file}, line {line}: empty {_ID_COLUMN}.")
+                raise DatasetLayoutError(f"{grades_file}, line {line}: empty {_ID_COLUMN}.")
             # adjudicated_gradable 0 (or, without that cell, no grade) marks an image without a label
             is_gradable = _number(gradable, grades_file, line) != 0 if gradable else bool(grade)
             if not is_gradable:
                 ungradable += 1
                 continue
             if not grade:
-                raise ValueError(f"{grades_file}, line {line}: gradable image {image_id!r} has no {_GRADE_COLUMN}.")
+                raise DatasetLayoutError(
+                    f"{grades_file}, line {line}: gradable image {image_id!r} has no {_GRADE_COLUMN}."
+                )
             label = _number(grade, grades_file, line)
             if label not in range(len(MESSIDOR2_CLASSES)):
-                raise ValueError(f"{grades_file}, line {line}: {image_id!r} has DR grade {grade!r}, not one of 0-4.")
+                raise DatasetLayoutError(
+                    f"{grades_file}, line {line}: {image_id!r} has DR grade {grade!r}, not one of 0-4."
+                )
             items.append({"image": str(images.find(image_id, f"{grades_file}, line {line}:")), "label": label})
     logger.info(
         "Messidor-2: %d gradable image(s); skipped %d ungradable one(s) of %s.", len(items), ungradable, grades_file
     )
     if not items:
-        raise ValueError(f"{grades_file} lists no gradable image.")
+        raise DatasetLayoutError(f"{grades_file} lists no gradable image.")
     return items
 
 
@@ -101,7 +106,7 @@ def _find_grades_file(root: Path) -> Path:
     nested = sorted(root.glob(f"*/{_GRADES_FILE}"))
     if nested:
         return nested[0]
-    raise FileNotFoundError(
+    raise DatasetFolderError(
         f"Messidor-2 grades file missing: {root / _GRADES_FILE} (expected {_EXPECTED}; the grades are the Kaggle "
         "release google-brain/messidor2-dr-grades)."
     )
@@ -114,7 +119,7 @@ def _number(value: str, grades_file: Path, line: int) -> int:
     except ValueError:
         number = float("nan")
     if not number.is_integer():
-        raise ValueError(f"{grades_file}, line {line}: {value!r} is not an integer.")
+        raise DatasetLayoutError(f"{grades_file}, line {line}: {value!r} is not an integer.")
     return int(number)
 
 

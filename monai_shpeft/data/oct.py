@@ -46,7 +46,7 @@ def oct_datalist(dataset_dir: str | os.PathLike) -> dict[str, list[dict]]:
         :func:`monai_shpeft.data.prepare_datalist` carves a stratified validation part from it.
 
     Raises:
-        FileNotFoundError: if the dataset, a part or a class folder is missing.
+        DatasetFolderError: if the dataset, a part or a class folder is missing.
         ValueError: if a class folder holds no image or an unknown class folder is present.
     """
     return kermany_datalist(dataset_dir, OCT_CLASSES, _OCT_RELEASE_FOLDERS, "OCT")

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from monai_shpeft.data.layout import DatasetLayout, register_layout
+from monai_shpeft.errors import DatasetFolderError, DatasetLayoutError
 
 __all__ = [
     "KERMANY_PARTS",
@@ -75,17 +76,17 @@ def kermany_datalist(
         sorted by class then file name; ``validation`` is empty (a ``val/`` folder is read into training).
 
     Raises:
-        FileNotFoundError: if ``dataset_dir``, ``train/``, ``test/`` or a class folder of a part is missing.
-        ValueError: if a class folder holds no image, or a part folder has a folder that is not a known class.
+        DatasetFolderError: if ``dataset_dir``, ``train/``, ``test/`` or a class folder of a part is missing.
+        DatasetLayoutError: if a class folder holds no image, or a part folder has a folder that is not a known class.
     """
     root = Path(dataset_dir)
     expected = f"train/ and test/ (and optionally val/) holding {list(classes)} class folders"
     if not root.is_dir():
-        raise FileNotFoundError(f"{dataset} dataset folder not found: {root} (expected {expected}).")
+        raise DatasetFolderError(f"{dataset} dataset folder not found: {root} (expected {expected}).")
     candidates = [root, *(root / folder for folder in release_folders)]
     release = next((c for c in candidates if (c / "train").is_dir() and (c / "test").is_dir()), None)
     if release is None:
-        raise FileNotFoundError(
+        raise DatasetFolderError(
             f"{dataset} part folders not found: none of {[str(c) for c in candidates]} holds {expected}."
         )
     parts: dict[str, list[dict]] = {"training": [], "validation": [], "test": []}
@@ -103,19 +104,19 @@ def _list_part(part_dir: Path, classes: Sequence[str], dataset: str) -> list[dic
         if p.is_dir() and p.name not in classes and not p.name.startswith(".") and p.name not in _IGNORED_FOLDERS
     )
     if unknown:
-        raise ValueError(f"{part_dir} has folder(s) {unknown} that are not {dataset} classes {list(classes)}.")
+        raise DatasetLayoutError(f"{part_dir} has folder(s) {unknown} that are not {dataset} classes {list(classes)}.")
     items: list[dict] = []
     for label, name in enumerate(classes):
         folder = part_dir / name
         if not folder.is_dir():
-            raise FileNotFoundError(
+            raise DatasetFolderError(
                 f"{dataset} class folder missing: {folder} (expected {list(classes)} in {part_dir})."
             )
         images = sorted(
             p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES and not p.name.startswith(".")
         )
         if not images:
-            raise ValueError(f"{dataset} class folder {folder} holds no image.")
+            raise DatasetLayoutError(f"{dataset} class folder {folder} holds no image.")
         items.extend({"image": str(p), "label": label} for p in images)
     return items
 
@@ -132,8 +133,8 @@ def pediatric_cxr_datalist(dataset_dir: str | os.PathLike) -> dict[str, list[dic
         ``val/`` is read into training; :func:`monai_shpeft.data.prepare_datalist` carves the validation part).
 
     Raises:
-        FileNotFoundError: if the dataset, a part or a class folder is missing.
-        ValueError: if a class folder holds no image or an unknown class folder is present.
+        DatasetFolderError: if the dataset, a part or a class folder is missing.
+        DatasetLayoutError: if a class folder holds no image or an unknown class folder is present.
     """
     return kermany_datalist(dataset_dir, PEDIATRIC_CXR_CLASSES, _CXR_RELEASE_FOLDERS, "pediatric chest X-ray")
 
@@ -150,7 +151,7 @@ def pediatric_cxr3_datalist(dataset_dir: str | os.PathLike) -> dict[str, list[di
         ``{"training": [...], "validation": [...], "test": [...]}`` of ``{"image": path, "label": index}`` items.
 
     Raises:
-        FileNotFoundError: if the dataset, a part or a class folder is missing.
+        DatasetFolderError: if the dataset, a part or a class folder is missing.
         ValueError: as :func:`pediatric_cxr_datalist`, and for a ``PNEUMONIA`` image whose name says neither
             ``bacteria`` nor ``virus``.
     """
@@ -167,7 +168,7 @@ def _three_class(item: dict) -> dict:
         return {"image": item["image"], "label": 1}
     if "virus" in name:
         return {"image": item["image"], "label": 2}
-    raise ValueError(f"pneumonia image {item['image']} has neither 'bacteria' nor 'virus' in its name.")
+    raise DatasetLayoutError(f"pneumonia image {item['image']} has neither 'bacteria' nor 'virus' in its name.")
 
 
 PEDIATRIC_CXR_LAYOUT = register_layout(

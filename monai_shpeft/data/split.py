@@ -13,6 +13,8 @@ from collections.abc import Hashable, Sequence
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
+from monai_shpeft.errors import InputError
+
 __all__ = ["GroupSplitError", "check_folds", "kfold_split", "minimum_kfold_size", "stratified_split"]
 
 PARTS = ("training", "validation", "test")
@@ -21,7 +23,7 @@ PARTS = ("training", "validation", "test")
 DEFAULT_VALIDATION_FRACTION = 0.1
 
 
-class GroupSplitError(ValueError):
+class GroupSplitError(InputError, ValueError):
     """The groups are too large to keep each in one part with every part (and, in a k-fold, every class) filled."""
 
 

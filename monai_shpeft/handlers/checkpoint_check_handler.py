@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from monai.utils import min_version, optional_import
 
+from monai_shpeft.errors import InputError
 from monai_shpeft.importance import unwrap
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
@@ -24,7 +25,7 @@ __all__ = ["CheckpointCheckHandler", "CheckpointMismatchError", "check_checkpoin
 _NAMED = 3
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(InputError, ValueError):
     """A checkpoint cannot be loaded into the network: another number of classes, backbone, size or method."""
 
 

@@ -12,6 +12,7 @@ import torch
 from monai.utils import min_version, optional_import
 
 from monai_shpeft.distributed import is_main_process
+from monai_shpeft.errors import InputError
 from monai_shpeft.handlers.gradient_mask_handler import STATE_KEY
 from monai_shpeft.importance import unwrap
 from monai_shpeft.utils import atomic_path
@@ -28,7 +29,7 @@ __all__ = ["ResumeError", "ResumeHandler"]
 _NOT_RESUMABLE = ("spt_lora",)
 
 
-class ResumeError(RuntimeError):
+class ResumeError(InputError, RuntimeError):
     """A resume checkpoint that does not fit the run it is loaded into."""
 
 

@@ -40,6 +40,7 @@ from typing import Any
 
 import torch.nn as nn
 
+from monai_shpeft.errors import SettingsError
 from monai_shpeft.methods.base import MethodInfo, TrainableCount, count_trainable
 
 __all__ = [
@@ -146,7 +147,7 @@ def check_method(method: str) -> str:
         ValueError: naming the supported methods when ``method`` is not one of them.
     """
     if method not in METHODS:
-        raise ValueError(f"Unknown method {method!r}; supported methods: {', '.join(METHODS)}.")
+        raise SettingsError(f"Unknown method {method!r}; supported methods: {', '.join(METHODS)}.")
     return method
 
 
@@ -163,7 +164,7 @@ def check_optimizer(name: str) -> str:
         ValueError: naming the supported optimizers otherwise.
     """
     if name not in OPTIMIZERS:
-        raise ValueError(f"Unknown optimizer_name {name!r}; supported: {', '.join(OPTIMIZERS)}.")
+        raise SettingsError(f"Unknown optimizer_name {name!r}; supported: {', '.join(OPTIMIZERS)}.")
     return name
 
 
@@ -217,7 +218,7 @@ def _positive_rate(knob: str, rate: float | str | None) -> float | None:
     except (TypeError, ValueError):
         value = float("nan")
     if not value > 0:
-        raise ValueError(f"{knob} must be a positive number, got {rate!r}.")
+        raise SettingsError(f"{knob} must be a positive number, got {rate!r}.")
     return value
 
 

@@ -16,12 +16,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from monai_shpeft.errors import SettingsError
 from monai_shpeft.networks.token_selection import attention_received, num_selected_tokens, select_important_tokens
 
 __all__ = ["FrozenFeatureExtractor", "UnsupportedBackboneError"]
 
 
-class UnsupportedBackboneError(TypeError):
+class UnsupportedBackboneError(SettingsError, TypeError):
     """Raised when a backbone's attention layers are not of a kind the extractor knows how to read."""
 
 

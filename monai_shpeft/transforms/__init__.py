@@ -9,6 +9,7 @@ MONOCHROME1 inversion, DICOM windows, frame selection, bit-depth-aware scaling);
 from __future__ import annotations
 
 from monai_shpeft.transforms.channels import ToRGB, ToRGBd
+from monai_shpeft.transforms.compose import ReportingCompose
 from monai_shpeft.transforms.errors import ImageReadError, InvalidImageError
 from monai_shpeft.transforms.formats import detect_image_format
 from monai_shpeft.transforms.frames import SelectFrame, SelectFramed
@@ -36,6 +37,7 @@ __all__ = [
     "LoadMedicalImaged",
     "NiftiImageReader",
     "PILImageReader",
+    "ReportingCompose",
     "PydicomImageReader",
     "ScaleToUnitRange",
     "ScaleToUnitRanged",

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 
+from monai_shpeft.errors import InputError
+
 __all__ = ["ImageReadError", "InvalidImageError"]
 
 
-class ImageReadError(ValueError):
+class ImageReadError(InputError, ValueError):
     """A file could not be read as an image; the message names the file and the cause.
 
     Args:
@@ -38,7 +40,7 @@ class ImageReadError(ValueError):
         return (self.__class__, (self.args[0] if self.args else "", self.path, self.reason))
 
 
-class InvalidImageError(ValueError):
+class InvalidImageError(InputError, ValueError):
     """An array transform was given an image it cannot process (wrong shape, no values, NaN/inf, no window, ...).
 
     Args:

@@ -34,6 +34,7 @@ from monai.config import KeysCollection
 from monai.transforms import Compose, NormalizeIntensityd, RandAffined, RandFlipd, Resized
 
 from monai_shpeft.transforms.channels import ToRGBd
+from monai_shpeft.transforms.compose import ReportingCompose
 from monai_shpeft.transforms.frames import SelectFramed
 from monai_shpeft.transforms.intensity import ScaleToUnitRanged
 from monai_shpeft.transforms.load import LoadMedicalImaged
@@ -189,13 +190,14 @@ def modality_transforms(
         keys: key(s) holding the image paths.
 
     Returns:
-        a ``Compose`` mapping ``{"image": path}`` to ``{"image": [3, image_size, image_size] float32}``.
+        a :class:`~monai_shpeft.transforms.compose.ReportingCompose` (a MONAI ``Compose`` that raises our errors as
+        themselves) mapping ``{"image": path}`` to ``{"image": [3, image_size, image_size] float32}``.
 
     Raises:
         ValueError: for an unknown modality (the message lists the valid ones) or an invalid option.
     """
     steps = _steps(modality, image_size, train, mean, std, normalization, window, frame, keys)
-    return Compose([cls(**kwargs) for cls, kwargs in steps])
+    return ReportingCompose([cls(**kwargs) for cls, kwargs in steps])
 
 
 def modality_transform_config(

@@ -1,0 +1,63 @@
+"""Checks of a run's settings that need no data: done first, so a bad knob stops a run before any image is read.
+
+The bundles call :func:`check_settings` as their first ``initialize`` step (after the failure report is installed,
+:func:`monai_shpeft.errors.install_failure_report`); each problem is a
+:class:`~monai_shpeft.errors.SettingsError` that names the knob, its value and a value that works.
+"""
+
+from __future__ import annotations
+
+from monai_shpeft.backbones import check_image_size, patch_size_of
+from monai_shpeft.errors import SettingsError
+from monai_shpeft.methods import check_method, check_optimizer, resolve_learning_rates
+from monai_shpeft.sparse_set import resolve_budget
+
+__all__ = ["check_settings"]
+
+# the budget only needs a count to compare with; the real number of weights is checked when the set is chosen
+_ANY_COUNT = 10**12
+
+
+def check_settings(
+    method: str,
+    backbone: str,
+    image_size: int,
+    optimizer_name: str = "adamw",
+    budget: float | int | None = None,
+    fpt_image_size: int | None = None,
+    fpt_side_image_size: int | None = None,
+    learning_rate: float | str | None = None,
+    head_learning_rate: float | str | None = None,
+) -> None:
+    """Check the knobs of a run that can be checked without data, before anything is built or read.
+
+    Args:
+        method: the ``method`` knob.
+        backbone: the ``backbone`` knob.
+        image_size: the classifier methods' input size.
+        optimizer_name: the ``optimizer_name`` knob.
+        budget: SH-PEFT's and GPS's budget (a ratio in (0, 1] or a count >= 1).
+        fpt_image_size: FPT's high-resolution size (the frozen backbone's input).
+        fpt_side_image_size: FPT's low-resolution size (the side network's input).
+        learning_rate: the ``learning_rate`` knob.
+        head_learning_rate: the ``head_learning_rate`` knob.
+
+    Raises:
+        SettingsError: naming the first knob whose value cannot work, and a value that does.
+    """
+    method = check_method(method)
+    check_optimizer(optimizer_name)
+    resolve_learning_rates(method, learning_rate, head_learning_rate)
+    patch = patch_size_of(backbone)
+    if method == "fpt":
+        check_image_size(fpt_image_size, patch, "fpt_image_size", backbone)
+        check_image_size(fpt_side_image_size, patch, "fpt_side_image_size", backbone)
+        if fpt_side_image_size > fpt_image_size:
+            raise SettingsError(
+                f"fpt_side_image_size {fpt_side_image_size} is larger than fpt_image_size {fpt_image_size}: the side "
+                "network reads the low-resolution copy. Swap them, or lower fpt_side_image_size."
+            )
+        return
+    check_image_size(image_size, patch, "image_size", backbone)
+    if method in ("shpeft", "gps") and budget is not None:
+        resolve_budget(budget, _ANY_COUNT)
