@@ -203,7 +203,19 @@ def build_classifier(
         PretrainedWeightsUnavailableError: a pretrained tag's weights cannot be downloaded (offline?).
     """
     library, name = _parse_backbone(backbone)
-    check_image_size(image_size, patch_size_of(backbone), backbone=backbone)
+    patch = patch_size_of(backbone)
+    check_image_size(image_size, None)
+    if patch and image_size % patch:
+        # the bundles refuse this up front (monai_shpeft.settings); here the library's own behaviour is kept
+        logger.warning(
+            "image_size %d is not a multiple of the patch size %d of %s: the last %d pixel rows and columns are "
+            "never seen. Use %d.",
+            image_size,
+            patch,
+            backbone,
+            image_size % patch,
+            (image_size // patch + 1) * patch,
+        )
     weights_file, tag = _classify_pretrained(pretrained)
     if tiny and tag is not None:
         raise ValueError(f"A tiny {backbone} model cannot load the pretrained tag {tag!r}; pass a local file or None.")

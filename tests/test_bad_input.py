@@ -37,7 +37,13 @@ from monai_shpeft.handlers import (
 )
 from monai_shpeft.methods import prepare_network, spt_lora
 from monai_shpeft.sparse_set import SparseSetMismatchError, SparseTrainableSet
-from monai_shpeft.transforms import ImageReadError, LoadMedicalImage, ScaleToUnitRange, modality_transforms
+from monai_shpeft.transforms import (
+    ImageReadError,
+    InvalidImageError,
+    LoadMedicalImage,
+    ScaleToUnitRange,
+    modality_transforms,
+)
 from monai_shpeft.utils import sha256_of_file
 from tests.helpers import (
     TINY_BUNDLE_ARGS,
@@ -104,10 +110,10 @@ def test_truncated_png_and_jpeg_are_named_before_training(tmp_path: Path, kind: 
     assert "truncated" in error.reason
     assert f"'validation' item 1 of datalist {datalist}" in message
     assert "--skip_bad_files true" in message and f"delete {datalist}" in message
-    # without the check, the same file would stop training inside MONAI's transform wrapper, much later
-    with pytest.raises(RuntimeError, match="applying transform") as late:
+    # read through a preset, the same file raises the same error, not MONAI's "applying transform" wrapper
+    with pytest.raises(ImageReadError, match="truncated") as late:
         modality_transforms("ultrasound", image_size=16)({"image": str(bad)})
-    assert isinstance(late.value.__cause__, ImageReadError)
+    assert late.value.path == str(bad)
 
 
 def test_text_file_renamed_png(tmp_path: Path) -> None:
@@ -139,9 +145,9 @@ def test_nan_pixels_are_refused_before_training(tmp_path: Path) -> None:
         check_image_file(bad)
     assert info.value.path == str(bad)
     # the transforms name the file too, should the image reach them
-    with pytest.raises(RuntimeError) as late:
+    with pytest.raises(InvalidImageError) as late:
         modality_transforms("ct", image_size=8)({"image": str(bad)})
-    assert str(bad) in str(late.value.__cause__) and "NaN" in str(late.value.__cause__)
+    assert str(bad) in str(late.value) and "NaN" in str(late.value)
 
 
 # --- files that must be read, and read right --------------------------------------------------------------------
