@@ -26,7 +26,8 @@ class SelectFrame(Transform):
     """Reduce a channel-first image with three spatial axes to one 2-D frame; 2-D images pass unchanged.
 
     The frame axis is ``spatial_axis`` if given, else the loader's ``meta["frame_axis"]`` (0 for DICOM frames,
-    2 for NIfTI slices), else 0.
+    2 for NIfTI slices), else 0. An enhanced multi-frame DICOM keeps the window of the frame it keeps (its
+    functional groups give each frame its own).
 
     Args:
         index: frame to keep: an integer (negative counts from the end) or ``"first"``, ``"middle"``
@@ -79,6 +80,7 @@ class SelectFrame(Transform):
         if isinstance(out, MetaTensor):
             out.meta[SourceMetaKeys.SELECTED_FRAME] = position
             out.meta[MetaKeys.SPATIAL_SHAPE] = np.asarray(out.shape[1:])
+            _keep_frame_window(out.meta, position)
         return out
 
     @staticmethod
@@ -90,6 +92,15 @@ class SelectFrame(Transform):
         if not -count <= int(index) < count:
             raise InvalidImageError(f"frame {index} requested but the image has {count} frames.")
         return int(index) % count
+
+
+def _keep_frame_window(meta: dict, position: int) -> None:
+    """Make the kept frame's own window (enhanced multi-frame DICOM) the image's window; drop the per-frame lists."""
+    centers = meta.pop(SourceMetaKeys.FRAME_WINDOW_CENTERS, None)
+    widths = meta.pop(SourceMetaKeys.FRAME_WINDOW_WIDTHS, None)
+    if centers is not None and widths is not None and position < min(len(centers), len(widths)):
+        meta[SourceMetaKeys.WINDOW_CENTER] = float(centers[position])
+        meta[SourceMetaKeys.WINDOW_WIDTH] = float(widths[position])
 
 
 class SelectFramed(MapTransform):

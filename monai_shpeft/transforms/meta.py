@@ -32,6 +32,10 @@ class SourceMetaKeys:
     WINDOW_CENTER = "WindowCenter"
     WINDOW_WIDTH = "WindowWidth"
     VOI_LUT_FUNCTION = "VOILUTFunction"
+    #: enhanced multi-frame DICOM: each frame's window (from its functional groups); :class:`SelectFrame` turns the
+    #: kept frame's into ``WindowCenter``/``WindowWidth`` and drops these
+    FRAME_WINDOW_CENTERS = "frame_window_centers"
+    FRAME_WINDOW_WIDTHS = "frame_window_widths"
     #: frames (multi-frame DICOM) or slices (3-D NIfTI) in the file, 1 for a 2-D image
     NUMBER_OF_FRAMES = "NumberOfFrames"
     #: spatial axis (0 = first axis after the channel) that holds the frames/slices

@@ -12,10 +12,14 @@ MONAI's readers are reused as they are for decoding; the subclasses here only ch
 * each reader records :class:`~monai_shpeft.transforms.SourceMetaKeys` entries (stored dtype, photometric
   interpretation, rescale, window, frames) in the metadata.
 
-What ``PydicomReader`` already does and is not done again: it applies ``RescaleSlope``/``RescaleIntercept`` (as
-float32) whenever either tag is present; ``rescale_applied`` in the metadata records it. pydicom (>= 3) itself
-converts YBR colour spaces to RGB when it decodes. Neither inverts ``MONOCHROME1`` nor applies a VOI window: see
-:class:`~monai_shpeft.transforms.InvertMonochrome1` and :class:`~monai_shpeft.transforms.DicomWindow`.
+DICOM pixel values follow the standard's display pipeline, done by pydicom's own functions: pydicom (>= 3) converts
+YBR colour spaces to RGB when it decodes and ``apply_color_lut`` expands palettes; for MONOCHROME data only, the
+modality LUT (``RescaleSlope``/``RescaleIntercept`` or a Modality LUT Sequence, through ``apply_modality_lut``; per
+frame from the functional groups of an enhanced multi-frame file) is applied once, here (``rescale_applied`` in the
+metadata records it). Colour data is never rescaled nor windowed (PS3.3 C.11.1: the modality and VOI LUTs apply to
+MONOCHROME images). The VOI window is applied later by :class:`~monai_shpeft.transforms.DicomWindow` from the
+metadata, and ``MONOCHROME1`` is inverted by :class:`~monai_shpeft.transforms.InvertMonochrome1`. A DICOM SEG object
+is read as the image of its frames (MONAI's reader would turn it into a frames-last label map).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from monai_shpeft.transforms.meta import SourceMetaKeys
 
 Image, _ = optional_import("PIL.Image")
 ImageOps, _ = optional_import("PIL.ImageOps")
+_apply_modality_lut, _ = optional_import("pydicom.pixels", name="apply_modality_lut")
 _apply_color_lut, _has_color_lut = optional_import("pydicom.pixels", name="apply_color_lut")
 if not _has_color_lut:  # pydicom < 3
     _apply_color_lut, _has_color_lut = optional_import("pydicom.pixel_data_handlers.util", name="apply_color_lut")
@@ -42,6 +47,7 @@ __all__ = [
     "PILImageReader",
     "PydicomImageReader",
     "dicom_source_meta",
+    "modality_values",
     "to_supported_mode",
 ]
 
@@ -169,6 +175,22 @@ def dicom_source_meta(ds: Any) -> dict[str, Any]:
         frames = max(int(ds.get("NumberOfFrames", 1) or 1), 1)
     except (TypeError, ValueError):
         frames = 1
+    center, width = _first_float(ds.get("WindowCenter")), _first_float(ds.get("WindowWidth"))
+    function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
+    rescaled = hasattr(ds, "RescaleSlope") or hasattr(ds, "RescaleIntercept") or bool(ds.get("ModalityLUTSequence"))
+    extra: dict[str, Any] = {}
+    frame_rescales = _frame_rescales(ds, frames)
+    if frame_rescales is not None:
+        slope, intercept = frame_rescales[0]
+        rescaled = True
+    frame_windows = _frame_windows(ds, frames)
+    if frame_windows is not None:
+        (center, width, function), *_ = frame_windows
+        extra[SourceMetaKeys.FRAME_WINDOW_CENTERS] = tuple(window[0] for window in frame_windows)
+        extra[SourceMetaKeys.FRAME_WINDOW_WIDTHS] = tuple(window[1] for window in frame_windows)
+    if _is_colour(ds):  # the modality and VOI LUTs are for MONOCHROME data: a colour file's tags are not applied
+        slope, intercept, rescaled, center, width = 1.0, 0.0, False, math.nan, math.nan
+        extra = {}
     return {
         SourceMetaKeys.SOURCE_FORMAT: "dicom",
         SourceMetaKeys.SOURCE_DTYPE: _stored_dtype(ds, stored),
@@ -176,14 +198,101 @@ def dicom_source_meta(ds: Any) -> dict[str, Any]:
         SourceMetaKeys.STORED_PHOTOMETRIC_INTERPRETATION: stored,
         SourceMetaKeys.RESCALE_SLOPE: 1.0 if math.isnan(slope) else slope,
         SourceMetaKeys.RESCALE_INTERCEPT: 0.0 if math.isnan(intercept) else intercept,
-        SourceMetaKeys.RESCALE_APPLIED: hasattr(ds, "RescaleSlope") or hasattr(ds, "RescaleIntercept"),
-        SourceMetaKeys.WINDOW_CENTER: _first_float(ds.get("WindowCenter")),
-        SourceMetaKeys.WINDOW_WIDTH: _first_float(ds.get("WindowWidth")),
-        SourceMetaKeys.VOI_LUT_FUNCTION: str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper(),
+        SourceMetaKeys.RESCALE_APPLIED: rescaled,
+        SourceMetaKeys.WINDOW_CENTER: center,
+        SourceMetaKeys.WINDOW_WIDTH: width,
+        SourceMetaKeys.VOI_LUT_FUNCTION: function,
         SourceMetaKeys.NUMBER_OF_FRAMES: frames,
         SourceMetaKeys.FRAME_AXIS: 0,
         SourceMetaKeys.MODALITY: str(ds.get("Modality", "") or ""),
+        **extra,
     }
+
+
+def _functional_groups(ds: Any, frames: int, sequence: str) -> list[Any] | None:
+    """Each frame's item of ``sequence`` in an enhanced multi-frame file (per-frame group, else the shared one).
+
+    Returns ``None`` when no frame has it (a classic file keeps its values at the top level).
+    """
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if not shared and not per_frame:
+        return None
+
+    def item_of(group: Any) -> Any:
+        found = group.get(sequence) if group is not None else None
+        return found[0] if found else None
+
+    shared_item = item_of(shared[0]) if shared else None
+    items = [
+        (item_of(per_frame[index]) if per_frame and index < len(per_frame) else None) or shared_item
+        for index in range(frames)
+    ]
+    return items if any(item is not None for item in items) else None
+
+
+def _frame_rescales(ds: Any, frames: int) -> list[tuple[float, float]] | None:
+    """Each frame's (slope, intercept) from the Pixel Value Transformation functional group, if the file has it."""
+    items = _functional_groups(ds, frames, "PixelValueTransformationSequence")
+    if items is None:
+        return None
+    rescales = []
+    for item in items:
+        slope = _first_float(item.get("RescaleSlope")) if item is not None else math.nan
+        intercept = _first_float(item.get("RescaleIntercept")) if item is not None else math.nan
+        rescales.append((1.0 if math.isnan(slope) else slope, 0.0 if math.isnan(intercept) else intercept))
+    return rescales
+
+
+def _frame_windows(ds: Any, frames: int) -> list[tuple[float, float, str]] | None:
+    """Each frame's (center, width, VOI LUT function) from the Frame VOI LUT functional group, if the file has it."""
+    items = _functional_groups(ds, frames, "FrameVOILUTSequence")
+    if items is None:
+        return None
+    return [
+        (
+            _first_float(item.get("WindowCenter")) if item is not None else math.nan,
+            _first_float(item.get("WindowWidth")) if item is not None else math.nan,
+            str((item.get("VOILUTFunction") if item is not None else None) or "LINEAR").strip().upper(),
+        )
+        for item in items
+    ]
+
+
+def modality_values(ds: Any, pixels: np.ndarray) -> np.ndarray:
+    """The modality values (e.g. Hounsfield units) of MONOCHROME stored ``pixels``, as pydicom computes them.
+
+    Enhanced multi-frame files rescale each frame with its own functional group; classic files go through
+    ``pydicom.pixels.apply_modality_lut`` (slope/intercept, or the Modality LUT Sequence). Pixels without any
+    modality transform are returned as they are.
+
+    Args:
+        ds: the pydicom dataset.
+        pixels: its ``pixel_array`` (``[frames,] rows, columns``).
+
+    Returns:
+        float32 modality values when a transform applies, else ``pixels``.
+    """
+    frames = pixels.shape[0] if pixels.ndim == 3 else 1
+    rescales = _frame_rescales(ds, frames)
+    if rescales is not None:
+        values = pixels.astype(np.float64)
+        for index, (slope, intercept) in enumerate(rescales):
+            frame = values[index] if pixels.ndim == 3 else values
+            frame *= slope
+            frame += intercept
+        return values.astype(np.float32)
+    if not (hasattr(ds, "RescaleSlope") or hasattr(ds, "RescaleIntercept") or ds.get("ModalityLUTSequence")):
+        return pixels
+    if not hasattr(ds, "RescaleSlope") and not ds.get("ModalityLUTSequence"):
+        ds = _with_default_slope(ds)  # pydicom needs both; DICOM's default slope is 1
+    return np.asarray(_apply_modality_lut(pixels, ds)).astype(np.float32)
+
+
+def _with_default_slope(ds: Any) -> Any:
+    copy = ds.copy()
+    copy.RescaleSlope = 1
+    return copy
 
 
 def _is_colour(ds: Any) -> bool:
@@ -253,12 +362,21 @@ class PydicomImageReader(PydicomReader):
                 "the DICOM file has no pixel data (no PixelData element): a header-only file, structured report or "
                 f"presentation state? (SOP class {img.get('SOPClassUID', 'unknown')})"
             )
-        data = super()._get_array_data(img, filename)  # pixel_array, then slope/intercept when present
+        data = img.pixel_array  # decoded by pydicom, YBR already converted to RGB
         if str(img.get("PhotometricInterpretation", "")).strip().upper() == "PALETTE COLOR":
             if not _has_color_lut:
                 raise ValueError("PALETTE COLOR DICOM needs pydicom's apply_color_lut (pip install 'pydicom>=2')")
-            data = _apply_color_lut(data, img)
-        return data
+            return _apply_color_lut(data, img)
+        if _is_colour(img):
+            return data  # never rescaled: the modality LUT is for MONOCHROME data
+        return modality_values(img, data)
+
+    def _get_seg_data(self, img: Any, filename: Any) -> tuple[np.ndarray, dict]:
+        # MONAI builds a frames-last label map from a SEG object; a classifier reads its frames as an image
+        data = self._get_array_data(img, filename)
+        meta = self._get_meta_dict(img)
+        meta[MetaKeys.SPATIAL_SHAPE] = data.shape
+        return data, meta
 
 
 class NiftiImageReader(NibabelReader):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Hashable, Mapping
 from typing import Any
@@ -12,9 +13,11 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends
 
-from monai_shpeft.transforms._checks import as_image_tensor, finish_unit, invalid_image, working_float
+from monai_shpeft.transforms._checks import as_image_tensor, finish_unit, invalid_image, source_file, working_float
 from monai_shpeft.transforms.intensity import SCALE_MODES, ScaleToUnitRange
 from monai_shpeft.transforms.meta import SourceMetaKeys
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["VOI_LUT_FUNCTIONS", "DicomWindow", "DicomWindowd", "apply_window"]
 
@@ -133,24 +136,71 @@ class DicomWindow(Transform):
             if math.isfinite(file_center) and math.isfinite(file_width) and file_width > 0:
                 window_center, window_width = file_center, file_width
                 function = file_function if file_function in VOI_LUT_FUNCTIONS else "LINEAR"
+        colour = _is_colour_dicom(tensor)
+        if colour and window_center is not None:
+            # PS3.3 C.11.2: the VOI LUT is for MONOCHROME data; a window on RGB pixels gives a near-constant image
+            logger.warning(
+                "%s is a colour DICOM image: its pixels are not windowed (window %g/%g ignored) but scaled%s.",
+                source_file(tensor) or "the image",
+                window_center,
+                window_width,
+                "" if self.fallback != "error" else " by min/max",
+            )
+            window_center = window_width = None
         if window_center is None or window_width is None:
-            if self.fallback == "error":
+            if self.fallback == "error" and not colour:
                 raise invalid_image(
                     "DicomWindow has no window: pass center/width, or load a DICOM file with WindowCenter/"
                     "WindowWidth, or set fallback to a scaling mode.",
                     tensor,
                 )
-            out = ScaleToUnitRange(mode=self.fallback)(tensor)
+            out = ScaleToUnitRange(mode="minmax" if self.fallback == "error" else self.fallback)(tensor)
             window_center = window_width = math.nan
         else:
             x = working_float(tensor)
             if max(abs(window_center), window_width) >= 1e30:  # window values beyond float32's range
                 x = x.to(torch.float64)
             out = finish_unit(apply_window(x, window_center, window_width, function))
+            _warn_when_the_window_misses(tensor, out, window_center, window_width)
         if isinstance(out, MetaTensor):
             out.meta[SourceMetaKeys.APPLIED_WINDOW_CENTER] = window_center
             out.meta[SourceMetaKeys.APPLIED_WINDOW_WIDTH] = window_width
         return out
+
+
+def _is_colour_dicom(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` holds a colour DICOM image (its metadata says so)."""
+    if not isinstance(tensor, MetaTensor) or tensor.meta.get(SourceMetaKeys.SOURCE_FORMAT) != "dicom":
+        return False
+    return str(tensor.meta.get(SourceMetaKeys.PHOTOMETRIC_INTERPRETATION, "")).upper() not in (
+        "MONOCHROME1",
+        "MONOCHROME2",
+    )
+
+
+# a windowed image with (almost) every pixel at one end of [0, 1] shows nothing a model can learn from
+_NEAR_CONSTANT_SHARE = 0.99
+
+
+def _warn_when_the_window_misses(source: torch.Tensor, out: torch.Tensor, center: float, width: float) -> None:
+    """Log a warning naming the file when the window maps nearly every pixel of a varied image to 0 or to 1."""
+    values = torch.as_tensor(source).float()
+    if values.numel() == 0 or float(values.max() - values.min()) == 0.0:
+        return  # a constant image stays constant whatever the window
+    windowed = torch.as_tensor(out).float()
+    share = max(float((windowed <= 0.0).float().mean()), float((windowed >= 1.0).float().mean()))
+    if share >= _NEAR_CONSTANT_SHARE:
+        logger.warning(
+            "%s: the window %g/%g (center/width) does not fit the image's values %g..%g: %.1f%% of the pixels come "
+            "out at one end and the image is near-constant. Pass the right window (presets: window=(center, width)) "
+            "or check the file's rescale.",
+            source_file(source) or "the image",
+            center,
+            width,
+            float(values.min()),
+            float(values.max()),
+            100 * share,
+        )
 
 
 def _as_float(value: Any) -> float:
