@@ -4,12 +4,16 @@ does not ship: colour with a rescale, a Modality LUT Sequence, enhanced multi-fr
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pydicom
+import pytest
 import torch
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import apply_modality_lut
 from pydicom.sequence import Sequence
@@ -152,3 +156,37 @@ def test_a_window_that_misses_the_values_is_named_in_a_warning(tmp_path: Path, c
     with caplog.at_level(logging.WARNING):
         modality_transforms("ct", image_size=SIZE)({"image": str(path)})
     assert "does not fit the image's values" in caplog.text and str(path) in caplog.text
+
+
+# --- compressed transfer syntaxes: the [dicom] extra decodes them; without it, one line says what to install ------
+
+COMPRESSED = ["SC_rgb_jpeg_gdcm.dcm", "SC_rgb_jls_lossy_sample.dcm", "GDCMJ2K_TextGBR.dcm"]
+
+
+@pytest.mark.parametrize("name", COMPRESSED)
+def test_the_dicom_extra_decodes_jpeg_lossless_jpeg2000_and_jpeg_ls(name: str) -> None:
+    pytest.importorskip("pylibjpeg", reason='the [dicom] extra: pip install "monai-shpeft[dicom]"')
+    path = get_testdata_file(name)
+    image = LoadMedicalImage()(path)
+    np.testing.assert_array_equal(image.numpy(), pydicom.dcmread(path).pixel_array.transpose(2, 0, 1))
+
+
+_WITHOUT_DECODERS = """
+import sys
+for name in ("pylibjpeg", "libjpeg", "openjpeg", "jpeg_ls", "gdcm"):
+    sys.modules[name] = None  # as if the [dicom] extra were not installed
+from pydicom.data import get_testdata_file
+from monai_shpeft.transforms import ImageReadError, LoadMedicalImage
+try:
+    LoadMedicalImage()(get_testdata_file("SC_rgb_jpeg_gdcm.dcm"))
+except ImageReadError as error:
+    print(error)
+"""
+
+
+def test_a_missing_decoder_names_the_file_its_transfer_syntax_and_the_install_command() -> None:
+    done = subprocess.run([sys.executable, "-c", _WITHOUT_DECODERS], capture_output=True, text=True, timeout=120)
+    message = done.stdout.strip().splitlines()[-1]
+    assert "SC_rgb_jpeg_gdcm.dcm" in message
+    assert "transfer syntax 'JPEG Lossless, Non-Hierarchical, First-Order Prediction" in message
+    assert "(1.2.840.10008.1.2.4.70)" in message and 'pip install "monai-shpeft[dicom]"' in message

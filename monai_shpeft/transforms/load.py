@@ -17,6 +17,7 @@ from collections.abc import Hashable, Mapping
 from typing import Any
 
 import numpy as np
+import pydicom
 import torch
 from monai.config import DtypeLike, KeysCollection
 from monai.data import MetaTensor, WSIReader
@@ -33,9 +34,10 @@ __all__ = ["LoadMedicalImage", "LoadMedicalImaged", "available_wsi_backend"]
 #: WSI backends in the order they are tried, with the module that must import for each
 _WSI_BACKENDS: tuple[tuple[str, str], ...] = (("cucim", "cucim"), ("openslide", "openslide"), ("tifffile", "tifffile"))
 _WSI_INSTALL_HINT = (
-    "pip install openslide-python openslide-bin (or: pip install tifffile imagecodecs; or cucim on Linux with CUDA)"
+    'pip install "monai-shpeft[wsi]" (tifffile with imagecodecs; or openslide-python openslide-bin, or cucim on '
+    "Linux with CUDA)"
 )
-_DICOM_DECODER_HINT = "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg (or python-gdcm)"
+_DICOM_DECODER_HINT = 'pip install "monai-shpeft[dicom]" (pylibjpeg with its libjpeg and openjpeg plugins, pyjpegls)'
 
 
 def available_wsi_backend() -> str | None:
@@ -50,7 +52,16 @@ def available_wsi_backend() -> str | None:
     return None
 
 
-def _describe_failure(family: str, error: Exception) -> str:
+def _transfer_syntax(path: str) -> str:
+    """``transfer syntax '<name>' (<UID>)`` of a DICOM file, read from its header only."""
+    try:
+        uid = pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID
+        return f"transfer syntax '{uid.name}' ({uid})"
+    except Exception:  # noqa: BLE001 - the header is only read to name the syntax
+        return "its compressed transfer syntax"
+
+
+def _describe_failure(family: str, error: Exception, path: str | None = None) -> str:
     """Turn a reader's exception into a cause a user can act on (the original text is kept in brackets)."""
     text = str(error).strip().replace("\n", " ").replace("\t", " ") or type(error).__name__
     low = text.lower()
@@ -66,7 +77,8 @@ def _describe_failure(family: str, error: Exception) -> str:
         if name == "InvalidDicomError":
             return f"not a valid DICOM file ({text})"
         if "unable to decompress" in low or "unable to decode" in low or "missing dependencies" in low:
-            return f"no installed decoder for this DICOM's compressed transfer syntax: {_DICOM_DECODER_HINT} ({text})"
+            syntax = _transfer_syntax(path) if path is not None else "its compressed transfer syntax"
+            return f"no installed decoder for {syntax}: {_DICOM_DECODER_HINT}"
         if "less than expected" in low or "truncated" in low:
             return f"truncated DICOM pixel data ({text})"
         if "no pixel data" in low:
@@ -159,7 +171,7 @@ class LoadMedicalImage(Transform):
         except (ImageReadError, MemoryError):
             raise
         except Exception as e:
-            raise ImageReadError.for_file(path, _describe_failure(family, e)) from e
+            raise ImageReadError.for_file(path, _describe_failure(family, e, path)) from e
         return self._finish(img, image_format, path)
 
     def _load_wsi(self, path: str) -> MetaTensor:
