@@ -14,12 +14,12 @@ import pydicom
 import pytest
 import torch
 from pydicom.data import get_testdata_file
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from monai_shpeft.transforms import LoadMedicalImage, SelectFrame, SourceMetaKeys, apply_window, modality_transforms
+from tests.test_transforms_support import new_dicom_dataset
 
 SIZE = 16
 UNIT, ONE = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)  # no normalisation: the outputs stay in [0, 1]
@@ -27,14 +27,7 @@ UNIT, ONE = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)  # no normalisation: the outputs st
 
 def write(path: Path, pixels: np.ndarray, edit: Callable[[Dataset], None] | None = None, rgb: bool = False) -> Path:
     """An uncompressed DICOM file of ``pixels`` (uint16 grey ``[frames,] rows, cols`` or uint8 RGB), via pydicom."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CT"
+    ds = new_dicom_dataset("CT")
     ds.Rows, ds.Columns = pixels.shape[-3:-1] if rgb else pixels.shape[-2:]
     ds.SamplesPerPixel = 3 if rgb else 1
     ds.PhotometricInterpretation = "RGB" if rgb else "MONOCHROME2"

@@ -29,10 +29,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from monai_shpeft.transforms import MODALITIES, ImageReadError, InvalidImageError, LoadMedicalImage, modality_transforms
+from tests.test_transforms_support import new_dicom_dataset
 
 FUZZ_EXAMPLES = int(os.environ.get("MONAI_SHPEFT_FUZZ_EXAMPLES", "250"))
 #: the CI count is derandomised (the same examples on every run); setting the count explores new ones
@@ -129,14 +128,7 @@ def fuzz_files(draw: st.DrawFn) -> dict:
 
 def write_dicom(path: Path, array: np.ndarray, layout: str, monochrome1: bool, window: tuple | None) -> Path:
     """A DICOM file (explicit VR little endian, uncompressed) holding ``array`` as it is, written with pydicom."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "OT"
+    ds = new_dicom_dataset("OT")
     rgb = layout == "channels_last"
     ds.Rows, ds.Columns = array.shape[-3:-1] if rgb else array.shape[-2:]
     ds.SamplesPerPixel = 3 if rgb else 1

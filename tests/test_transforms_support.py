@@ -14,9 +14,24 @@ import pydicom
 import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 #: real nibabel test file: MR with RescaleSlope 2, RescaleIntercept -4096 and a window (slope 2 shows a double rescale)
 NIBABEL_DECIMAL_RESCALE = Path(nib.__file__).parent / "nicom" / "tests" / "data" / "decimal_rescale.dcm"
+
+
+def new_dicom_dataset(modality: str = "OT") -> Dataset:
+    """An empty secondary-capture DICOM dataset (explicit VR little endian) with its file meta and UIDs set."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = modality
+    return ds
 
 
 def pydicom_file(name: str) -> Path:
