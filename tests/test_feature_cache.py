@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 import re
 from pathlib import Path
@@ -268,3 +269,29 @@ def test_cache_pickles_without_the_network(tmp_path: Path) -> None:
     assert restored.root == cache.root and torch.equal(restored.get(image, source), cache.get(image, source))
     transform = pickle.loads(pickle.dumps(LoadFrozenFeaturesd(keys="image", cache=cache)))
     assert torch.equal(transform({"image": image, "image_path": source})["image"], cache.get(image, source))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped_byte", "wrong_shape"])
+def test_a_damaged_entry_is_found_by_its_key_and_computed_again(tmp_path: Path, damage: str, caplog) -> None:
+    network = tiny_fpt()
+    items = png_items(tmp_path / "images", count=2)
+    cache = feature_cache_for(network, tmp_path / "cache")
+    cache.fill(items, preprocessing(), network, progress=False)
+    image, source = preprocessed(items)[0], items[0]["image_path"]
+    path = cache.path(cache.key(image, source))
+    expected = cache.get(image, source).clone()
+    valid = path.read_bytes()
+    if damage == "truncated":  # e.g. a disk that filled up, or a copy that stopped
+        path.write_bytes(valid[: len(valid) // 2])
+    elif damage == "flipped_byte":  # silent corruption: readable, right shape, wrong values
+        path.write_bytes(valid[:-10] + bytes([valid[-10] ^ 0x40]) + valid[-9:])
+    else:
+        save_file({"features": torch.zeros(2, 2, 5, 64, dtype=torch.float16)}, str(path))
+    assert cache.damage(path) is not None
+
+    with caplog.at_level(logging.WARNING):
+        counts = cache.fill(items, preprocessing(), network, progress=False)
+    assert (counts["cached"], counts["computed"]) == (1, 1)  # only the damaged entry is computed again
+    assert f"FPT feature cache entry {path} is damaged" in caplog.text
+    assert cache.damage(path) is None
+    torch.testing.assert_close(cache.get(image, source), expected)

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from monai_shpeft.errors import InputError
@@ -125,7 +125,8 @@ class FrozenFeatureCache:
             features = load_file(os.fspath(path))[_TENSOR_NAME]
         except (SafetensorError, KeyError, OSError) as err:
             raise FeatureCacheError(
-                f"Feature cache entry '{path}' is unreadable ({err}); delete it and fill the cache again."
+                f"Feature cache entry '{path}' is unreadable ({err}); the next preloading (or cache.fill) computes it "
+                "again."
             ) from err
         if tuple(features.shape) != self.feature_shape:
             raise FeatureCacheError(
@@ -149,8 +150,31 @@ class FrozenFeatureCache:
         self._write_manifest()
         with atomic_path(path) as tmp:
             tensor = features.detach().to("cpu", self.dtype).contiguous()
-            save_file({_TENSOR_NAME: tensor}, os.fspath(tmp), metadata={"namespace": self.namespace})
+            metadata = {"namespace": self.namespace, "sha256": _tensor_digest(tensor)}
+            save_file({_TENSOR_NAME: tensor}, os.fspath(tmp), metadata=metadata)
         return path
+
+    def damage(self, path: Path) -> str | None:
+        """Why the entry at ``path`` cannot be used (unreadable, wrong shape, bytes not matching their checksum).
+
+        Args:
+            path: an entry's file.
+
+        Returns:
+            the reason, or ``None`` when the entry is sound. Entries written before checksums were stored are
+            checked for readability and shape only.
+        """
+        try:
+            with safe_open(os.fspath(path), "pt") as handle:
+                recorded = (handle.metadata() or {}).get("sha256")
+                features = handle.get_tensor(_TENSOR_NAME)
+        except (SafetensorError, KeyError, OSError, RuntimeError) as err:
+            return f"unreadable ({err})"
+        if tuple(features.shape) != self.feature_shape:
+            return f"shape {tuple(features.shape)}, expected {self.feature_shape}"
+        if recorded is not None and recorded != _tensor_digest(features):
+            return "its bytes do not match their checksum"
+        return None
 
     def __contains__(self, image: torch.Tensor) -> bool:
         return self.path(self.key(image)).is_file()
@@ -168,6 +192,17 @@ class FrozenFeatureCache:
             digest = sha256_of_file(path)
             self._digests[marker] = digest
         return digest
+
+    def _usable(self, path: Path) -> bool:
+        """Whether the entry exists and is sound; a damaged one is logged, deleted and then computed again."""
+        if not path.is_file():
+            return False
+        reason = self.damage(path)
+        if reason is None:
+            return True
+        logger.warning("FPT feature cache entry %s is damaged (%s): computing it again.", path, reason)
+        path.unlink(missing_ok=True)
+        return False
 
     def num_entries(self) -> int:
         """Number of entries in this namespace."""
@@ -189,7 +224,7 @@ class FrozenFeatureCache:
         source_key: str | None = "image_path",
         progress: bool = True,
     ) -> dict[str, float]:
-        """Compute and store the features of every item that is not cached yet.
+        """Compute and store the features of every item that is not cached yet (or whose entry is damaged).
 
         Args:
             data: datalist items (``{"image": path, ...}``).
@@ -225,7 +260,7 @@ class FrozenFeatureCache:
             images = batch[image_key]
             sources = batch_sources(batch, image_key, source_key, len(images))
             keys = [self.key(image, source) for image, source in zip(images, sources)]
-            missing = [i for i, key in enumerate(keys) if not self.path(key).is_file()]
+            missing = [i for i, key in enumerate(keys) if not self._usable(self.path(key))]
             cached += len(images) - len(missing)
             if not missing:
                 continue
@@ -261,6 +296,12 @@ def item_source(item: Mapping[str, Any], image_key: str = "image", source_key: s
         meta = getattr(item.get(image_key), "meta", None) or {}
         source = meta.get("filename_or_obj")
     return None if source is None or source == "" else str(source)
+
+
+def _tensor_digest(tensor: torch.Tensor) -> str:
+    """SHA-256 of a tensor's bytes (its dtype and shape are checked separately)."""
+    raw = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+    return hashlib.sha256(raw.numpy().tobytes()).hexdigest()
 
 
 def batch_sources(batch: Mapping[str, Any], image_key: str, source_key: str | None, size: int) -> list[str | None]:
