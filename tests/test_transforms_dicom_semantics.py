@@ -15,7 +15,7 @@ import pytest
 import torch
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_modality_lut
+from pydicom.pixels import apply_modality_lut, apply_voi
 from pydicom.sequence import Sequence
 
 from monai_shpeft.transforms import LoadMedicalImage, SelectFrame, SourceMetaKeys, apply_window, modality_transforms
@@ -84,6 +84,24 @@ def test_a_modality_lut_sequence_is_applied_as_pydicom_applies_it(tmp_path: Path
     np.testing.assert_array_equal(image[0].numpy(), apply_modality_lut(ds.pixel_array, ds).astype(np.float32))
     np.testing.assert_array_equal(image[0].numpy(), 3 * ds.pixel_array.astype(np.float32) + 7)
     assert image.meta[SourceMetaKeys.RESCALE_APPLIED] is True
+
+
+def test_a_voi_lut_sequence_is_applied_as_pydicom_applies_it(tmp_path: Path) -> None:
+    def voi(ds: Dataset) -> None:  # a non-linear display curve, and no window: only the LUT says how to show it
+        ds.RescaleSlope, ds.RescaleIntercept = 1, 24  # stored 0..1999 -> 24..2023, inside the LUT's 0..2047
+        item = Dataset()
+        item.LUTDescriptor = [2048, 0, 8]
+        item.add_new(0x00283006, "US", [int(255 * (value / 2047) ** 0.5) for value in range(2048)])
+        ds.VOILUTSequence = Sequence([item])
+
+    path = write(tmp_path / "voi.dcm", grey(), voi)
+    ds = pydicom.dcmread(path)
+    expected = apply_voi(apply_modality_lut(ds.pixel_array, ds), ds).astype(np.float32)  # pydicom's display values
+    image = LoadMedicalImage()(path)
+    np.testing.assert_array_equal(image[0].numpy(), expected)
+    assert image.meta[SourceMetaKeys.VOI_LUT_APPLIED] is True
+    out = modality_transforms("ct", image_size=SIZE, mean=UNIT, std=ONE)({"image": str(path)})["image"]
+    torch.testing.assert_close(out[0], torch.from_numpy(expected / 255.0), atol=1e-5, rtol=0)  # the LUT's range
 
 
 def _enhanced(ds: Dataset, intercepts: list[float], windows: list[tuple[float, float]]) -> None:

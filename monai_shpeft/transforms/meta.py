@@ -32,6 +32,8 @@ class SourceMetaKeys:
     WINDOW_CENTER = "WindowCenter"
     WINDOW_WIDTH = "WindowWidth"
     VOI_LUT_FUNCTION = "VOILUTFunction"
+    #: a DICOM whose only VOI is a VOI LUT Sequence: the reader applied it (the window then spans its output range)
+    VOI_LUT_APPLIED = "voi_lut_applied"
     #: enhanced multi-frame DICOM: each frame's window (from its functional groups); :class:`SelectFrame` turns the
     #: kept frame's into ``WindowCenter``/``WindowWidth`` and drops these
     FRAME_WINDOW_CENTERS = "frame_window_centers"
@@ -67,6 +69,7 @@ def default_source_meta() -> dict[str, Any]:
         SourceMetaKeys.WINDOW_CENTER: math.nan,
         SourceMetaKeys.WINDOW_WIDTH: math.nan,
         SourceMetaKeys.VOI_LUT_FUNCTION: "LINEAR",
+        SourceMetaKeys.VOI_LUT_APPLIED: False,
         SourceMetaKeys.NUMBER_OF_FRAMES: 1,
         SourceMetaKeys.FRAME_AXIS: 0,
         SourceMetaKeys.MODALITY: "",

@@ -18,8 +18,10 @@ modality LUT (``RescaleSlope``/``RescaleIntercept`` or a Modality LUT Sequence, 
 frame from the functional groups of an enhanced multi-frame file) is applied once, here (``rescale_applied`` in the
 metadata records it). Colour data is never rescaled nor windowed (PS3.3 C.11.1: the modality and VOI LUTs apply to
 MONOCHROME images). The VOI window is applied later by :class:`~monai_shpeft.transforms.DicomWindow` from the
-metadata, and ``MONOCHROME1`` is inverted by :class:`~monai_shpeft.transforms.InvertMonochrome1`. A DICOM SEG object
-is read as the image of its frames (MONAI's reader would turn it into a frames-last label map).
+metadata (a file whose only VOI is a VOI LUT Sequence has it applied here, by ``pydicom.pixels.apply_voi``, and its
+window then spans the LUT's output range), and ``MONOCHROME1`` is inverted by
+:class:`~monai_shpeft.transforms.InvertMonochrome1`. A DICOM SEG object is read as the image of its frames (MONAI's
+reader would turn it into a frames-last label map).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from monai_shpeft.transforms.meta import SourceMetaKeys
 Image, _ = optional_import("PIL.Image")
 ImageOps, _ = optional_import("PIL.ImageOps")
 _apply_modality_lut, _ = optional_import("pydicom.pixels", name="apply_modality_lut")
+_apply_voi, _ = optional_import("pydicom.pixels", name="apply_voi")
 _apply_color_lut, _has_color_lut = optional_import("pydicom.pixels", name="apply_color_lut")
 if not _has_color_lut:  # pydicom < 3
     _apply_color_lut, _has_color_lut = optional_import("pydicom.pixel_data_handlers.util", name="apply_color_lut")
@@ -188,9 +191,13 @@ def dicom_source_meta(ds: Any) -> dict[str, Any]:
         (center, width, function), *_ = frame_windows
         extra[SourceMetaKeys.FRAME_WINDOW_CENTERS] = tuple(window[0] for window in frame_windows)
         extra[SourceMetaKeys.FRAME_WINDOW_WIDTHS] = tuple(window[1] for window in frame_windows)
+    voi_lut_applied = _voi_lut_only(ds)
+    if voi_lut_applied:  # the reader maps the pixels through the LUT; the window spans the LUT's output range
+        top = float(2 ** int(ds.VOILUTSequence[0].LUTDescriptor[2]) - 1)
+        center, width, function = top / 2.0, top, "LINEAR_EXACT"
     if _is_colour(ds):  # the modality and VOI LUTs are for MONOCHROME data: a colour file's tags are not applied
         slope, intercept, rescaled, center, width = 1.0, 0.0, False, math.nan, math.nan
-        extra = {}
+        voi_lut_applied, extra = False, {}
     return {
         SourceMetaKeys.SOURCE_FORMAT: "dicom",
         SourceMetaKeys.SOURCE_DTYPE: _stored_dtype(ds, stored),
@@ -202,11 +209,21 @@ def dicom_source_meta(ds: Any) -> dict[str, Any]:
         SourceMetaKeys.WINDOW_CENTER: center,
         SourceMetaKeys.WINDOW_WIDTH: width,
         SourceMetaKeys.VOI_LUT_FUNCTION: function,
+        SourceMetaKeys.VOI_LUT_APPLIED: voi_lut_applied,
         SourceMetaKeys.NUMBER_OF_FRAMES: frames,
         SourceMetaKeys.FRAME_AXIS: 0,
         SourceMetaKeys.MODALITY: str(ds.get("Modality", "") or ""),
         **extra,
     }
+
+
+def _voi_lut_only(ds: Any) -> bool:
+    """Whether the file's only VOI transform is a VOI LUT Sequence (no usable window, MONOCHROME data)."""
+    sequence = ds.get("VOILUTSequence")
+    if not sequence or _is_colour(ds) or "LUTDescriptor" not in sequence[0]:
+        return False
+    center, width = _first_float(ds.get("WindowCenter")), _first_float(ds.get("WindowWidth"))
+    return not (math.isfinite(center) and math.isfinite(width) and width > 0)
 
 
 def _functional_groups(ds: Any, frames: int, sequence: str) -> list[Any] | None:
@@ -369,7 +386,10 @@ class PydicomImageReader(PydicomReader):
             return _apply_color_lut(data, img)
         if _is_colour(img):
             return data  # never rescaled: the modality LUT is for MONOCHROME data
-        return modality_values(img, data)
+        values = modality_values(img, data)
+        if _voi_lut_only(img):  # a window cannot express a LUT: pydicom applies it here, DicomWindow then scales
+            values = np.asarray(_apply_voi(values, img, 0)).astype(np.float32)
+        return values
 
     def _get_seg_data(self, img: Any, filename: Any) -> tuple[np.ndarray, dict]:
         # MONAI builds a frames-last label map from a SEG object; a classifier reads its frames as an image
