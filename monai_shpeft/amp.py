@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from monai.inferers import Inferer
 
+from monai_shpeft.errors import SettingsError
+
 __all__ = ["AMP_CHOICES", "AmpPolicy", "AutocastInferer", "cpu_supports_bf16", "resolve_amp"]
 
 logger = logging.getLogger(__name__)
@@ -65,7 +67,7 @@ def _knob(amp: bool | str | None) -> str:
         return {None: "auto", True: "true", False: "false"}[amp]
     value = str(amp).strip().lower()
     if value not in AMP_CHOICES:
-        raise ValueError(f"amp must be one of {list(AMP_CHOICES)} (or a boolean), got {amp!r}.")
+        raise SettingsError(f"amp must be one of {list(AMP_CHOICES)} (or a boolean), got {amp!r}.")
     return value
 
 

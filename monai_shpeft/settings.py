@@ -7,7 +7,9 @@ The bundles call :func:`check_settings` as their first ``initialize`` step (afte
 
 from __future__ import annotations
 
+from monai_shpeft.amp import resolve_amp
 from monai_shpeft.backbones import check_image_size, patch_size_of
+from monai_shpeft.data.split import check_folds
 from monai_shpeft.errors import SettingsError
 from monai_shpeft.methods import check_method, check_optimizer, resolve_learning_rates
 from monai_shpeft.sparse_set import resolve_budget
@@ -28,6 +30,9 @@ def check_settings(
     fpt_side_image_size: int | None = None,
     learning_rate: float | str | None = None,
     head_learning_rate: float | str | None = None,
+    amp: bool | str | None = "auto",
+    num_folds: int | None = None,
+    fold: int = 0,
 ) -> None:
     """Check the knobs of a run that can be checked without data, before anything is built or read.
 
@@ -41,12 +46,18 @@ def check_settings(
         fpt_side_image_size: FPT's low-resolution size (the side network's input).
         learning_rate: the ``learning_rate`` knob.
         head_learning_rate: the ``head_learning_rate`` knob.
+        amp: the ``amp`` knob.
+        num_folds: the ``num_folds`` knob (``None``: no k-fold split).
+        fold: the ``fold`` knob.
 
     Raises:
         SettingsError: naming the first knob whose value cannot work, and a value that does.
     """
     method = check_method(method)
     check_optimizer(optimizer_name)
+    resolve_amp(amp, "cpu")  # the value only: which precision it gives depends on the device, resolved later
+    if num_folds is not None:
+        check_folds(num_folds, fold)
     resolve_learning_rates(method, learning_rate, head_learning_rate)
     patch = patch_size_of(backbone)
     if method == "fpt":

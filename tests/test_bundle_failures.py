@@ -65,6 +65,8 @@ CASES = {
         {"args": ("--budget", "2.0")},
         "SettingsError: budget ratio must be in (0, 1] (0.01 means 1%), got 2.0.",
     ),
+    "fold": ({"args": ("--num_folds", "5", "--fold", "7")}, "SettingsError: fold must be one of 0..4 for num_folds=5"),
+    "amp": ({"args": ("--amp", "fast")}, "SettingsError: amp must be one of ['auto', 'true', 'false', 'bf16']"),
     "fpt_size": (
         {"args": ("--method", "fpt", "--fpt_image_size", "50", "--fpt_side_image_size", "28")},
         "SettingsError: fpt_image_size 50 is not a multiple of the patch size 14",

@@ -17,7 +17,7 @@ from typing import Any
 from monai_shpeft.data.duplicates import DEFAULT_THRESHOLD, check_duplicate_mode, find_duplicates
 from monai_shpeft.data.layout import get_layout
 from monai_shpeft.data.split import GroupSplitError, check_folds, kfold_split, minimum_kfold_size, stratified_split
-from monai_shpeft.errors import DatasetFolderError, InputError
+from monai_shpeft.errors import DatasetFolderError, DatasetLayoutError, InputError, SettingsError
 from monai_shpeft.utils import atomic_write_json
 
 __all__ = ["DatalistError", "load_datalist", "prepare_datalist"]
@@ -83,7 +83,7 @@ def prepare_datalist(
     if num_folds is not None:
         num_folds, fold = check_folds(num_folds, fold, fractions[1])
     elif fold != 0:
-        raise ValueError(f"fold={fold!r} needs num_folds (e.g. num_folds=5; bundles: --num_folds 5 --fold {fold}).")
+        raise SettingsError(f"fold={fold!r} needs num_folds (e.g. num_folds=5; bundles: --num_folds 5 --fold {fold}).")
     path = Path(datalist_file)
     if path.is_file():
         _check_reuse(path, seed, num_folds, fold)
@@ -93,7 +93,7 @@ def prepare_datalist(
     listed = layout.list_items(dataset_dir)
     where = f"{dataset} in {dataset_dir}"
     if isinstance(listed, dict) and num_folds is not None:  # refused before hashing, which takes long
-        raise ValueError(
+        raise SettingsError(
             f"{where}: num_folds={num_folds} applies to datasets without an official split, but {dataset} has its "
             "official split, with its own test part. Leave num_folds unset (bundles: --num_folds null)."
         )
@@ -307,13 +307,13 @@ def inference_items(
             if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES) and "_mask" not in p.stem.lower()
         )
         if not paths:
-            raise ValueError(f"no image ({', '.join(IMAGE_SUFFIXES)}) found under {root}.")
+            raise DatasetLayoutError(f"no image ({', '.join(IMAGE_SUFFIXES)}) found under {root}.")
         return [{"image": str(p)} for p in paths]
     if datalist_file:
         if part not in PARTS:
-            raise ValueError(f"datalist part must be one of {list(PARTS)}, got {part!r}.")
+            raise SettingsError(f"datalist part must be one of {list(PARTS)}, got {part!r}.")
         items = load_datalist(datalist_file)[part]
         if not items:
-            raise ValueError(f"datalist {datalist_file} has no '{part}' items.")
+            raise DatalistError(f"datalist {datalist_file} has no '{part}' items.")
         return items
-    raise ValueError("inference needs input_dir (a folder of images) or input_datalist (a datalist file).")
+    raise SettingsError("inference needs input_dir (a folder of images) or input_datalist (a datalist file).")

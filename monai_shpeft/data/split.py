@@ -13,7 +13,7 @@ from collections.abc import Hashable, Sequence
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
-from monai_shpeft.errors import InputError
+from monai_shpeft.errors import InputError, SettingsError
 
 __all__ = ["GroupSplitError", "check_folds", "kfold_split", "minimum_kfold_size", "stratified_split"]
 
@@ -183,12 +183,12 @@ def check_folds(num_folds: int, fold: int, validation_fraction: float = DEFAULT_
     """
     folds, index = _as_int(num_folds), _as_int(fold)
     if folds is None or folds < 2:
-        raise ValueError(f"num_folds must be an integer of at least 2, got {num_folds!r}.")
+        raise SettingsError(f"num_folds must be an integer of at least 2, got {num_folds!r}.")
     if index is None or not 0 <= index < folds:
-        raise ValueError(f"fold must be one of 0..{folds - 1} for num_folds={folds}, got {fold!r}.")
+        raise SettingsError(f"fold must be one of 0..{folds - 1} for num_folds={folds}, got {fold!r}.")
     rest = 1.0 - 1.0 / folds
     if not 0 < validation_fraction < rest:
-        raise ValueError(
+        raise SettingsError(
             f"the validation fraction of a {folds}-fold split must lie between 0 and {rest:.3g} (what the "
             f"test fold leaves), got {validation_fraction}."
         )

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from monai.utils import min_version, optional_import
 
 from monai_shpeft.distributed import is_main_process
+from monai_shpeft.errors import SettingsError
 from monai_shpeft.handlers.importance_estimation_handler import _engine_prepare_batch
 from monai_shpeft.importance import unwrap
 from monai_shpeft.linear_probe import DEFAULT_CS, ProbeFit, extract_features, fit_probe, load_probe_into_head
@@ -72,9 +73,9 @@ class HeadWarmupHandler:
         progress: bool = True,
     ) -> None:
         if mode not in HEAD_WARMUP_MODES:
-            raise ValueError(f"head_warmup must be one of {list(HEAD_WARMUP_MODES)}, got {mode!r}.")
+            raise SettingsError(f"head_warmup must be one of {list(HEAD_WARMUP_MODES)}, got {mode!r}.")
         if terminate and mode == "none":
-            raise ValueError("the linear probe needs head_warmup 'lbfgs': with 'none' its head would stay random.")
+            raise SettingsError("the linear probe needs head_warmup 'lbfgs': with 'none' its head would stay random.")
         self.mode = mode
         self.data_loader = data_loader
         self.validator = validator

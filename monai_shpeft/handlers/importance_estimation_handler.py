@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from monai.utils import min_version, optional_import
 
 from monai_shpeft.distributed import is_main_process
+from monai_shpeft.errors import SettingsError
 from monai_shpeft.handlers.gradient_mask_handler import STATE_KEY
 from monai_shpeft.importance import ImportanceMode, ImportanceStrategy, estimate_importance, scoped_parameters, unwrap
 from monai_shpeft.methods import gps
@@ -90,7 +91,7 @@ class ImportanceEstimationHandler:
         if method == gps.METHOD_NAME:
             strategy, mode, selection = gps.RECIPE["strategy"], gps.RECIPE["mode"], gps.RECIPE["selection"]
         if selection not in SELECTIONS:
-            raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}; got {selection!r}.")
+            raise SettingsError(f"selection must be one of {', '.join(SELECTIONS)}; got {selection!r}.")
         self.budget = budget
         self.strategy = ImportanceStrategy(strategy)
         self.lambda_ = float(lambda_)
