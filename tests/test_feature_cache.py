@@ -174,14 +174,21 @@ def test_settings_that_change_the_features_change_the_namespace(tmp_path: Path, 
     assert cache.get(image, source) is not None  # the old entries stay where they were
 
 
-@pytest.mark.parametrize("garbage", ["short", "random", "truncated", "bad_header"])
-def test_a_corrupted_entry_is_an_error_naming_the_file(tmp_path: Path, garbage: str) -> None:
+def filled_cache(
+    tmp_path: Path, count: int
+) -> tuple[FPTNetwork, list[dict[str, Any]], FrozenFeatureCache, Any, str, Path]:
+    """A cache filled with ``count`` images; the first image, its source file and its entry's path."""
     network = tiny_fpt()
-    items = png_items(tmp_path / "images", count=1)
+    items = png_items(tmp_path / "images", count=count)
     cache = feature_cache_for(network, tmp_path / "cache")
     cache.fill(items, preprocessing(), network, progress=False)
     image, source = preprocessed(items)[0], items[0]["image_path"]
-    path = cache.path(cache.key(image, source))
+    return network, items, cache, image, source, cache.path(cache.key(image, source))
+
+
+@pytest.mark.parametrize("garbage", ["short", "random", "truncated", "bad_header"])
+def test_a_corrupted_entry_is_an_error_naming_the_file(tmp_path: Path, garbage: str) -> None:
+    _, _, cache, image, source, path = filled_cache(tmp_path, count=1)
     valid = path.read_bytes()
     contents = {
         "short": b"x",
@@ -273,12 +280,7 @@ def test_cache_pickles_without_the_network(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("damage", ["truncated", "flipped_byte", "wrong_shape"])
 def test_a_damaged_entry_is_found_by_its_key_and_computed_again(tmp_path: Path, damage: str, caplog) -> None:
-    network = tiny_fpt()
-    items = png_items(tmp_path / "images", count=2)
-    cache = feature_cache_for(network, tmp_path / "cache")
-    cache.fill(items, preprocessing(), network, progress=False)
-    image, source = preprocessed(items)[0], items[0]["image_path"]
-    path = cache.path(cache.key(image, source))
+    network, items, cache, image, source, path = filled_cache(tmp_path, count=2)
     expected = cache.get(image, source).clone()
     valid = path.read_bytes()
     if damage == "truncated":  # e.g. a disk that filled up, or a copy that stopped
