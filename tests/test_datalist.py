@@ -7,8 +7,9 @@ import pytest
 from monai.bundle import ConfigParser
 
 from monai_shpeft.data import DatalistError, busi_datalist, inference_items, load_datalist, prepare_datalist
+from monai_shpeft.data.messidor2 import MESSIDOR2_CLASSES
 from monai_shpeft.data.split import kfold_split
-from tests.dataset_writers import write_chaoyang
+from tests.dataset_writers import write_chaoyang, write_messidor2
 from tests.helpers import copy_bundles, write_busi_folder
 
 PARTS = ("training", "validation", "test")
@@ -173,3 +174,13 @@ def test_bundle_num_folds_and_fold_knobs_give_that_fold(tmp_path: Path, monkeypa
     other = split_of(num_folds=3, fold=2, datalist_file=str(work / "fold2.json"))
     tests = [{item["image"] for item in s["test"]} for s in (split, other)]
     assert not tests[0] & tests[1]
+
+
+def test_a_class_without_images_is_named_as_the_cause(tmp_path: Path) -> None:
+    root = write_messidor2(tmp_path / "messidor2", per_grade=6)
+    grades = root / "messidor2-dr-grades" / "messidor_data.csv"
+    lines = grades.read_text().splitlines()
+    grades.write_text("\n".join(line for line in lines if line.split(",")[1] != "4") + "\n")  # no grade-4 image
+    empty = MESSIDOR2_CLASSES[4]
+    with pytest.raises(DatalistError, match=rf"class\(es\) \['{empty}'\] have no images \(.*{empty} 0\)"):
+        prepare_datalist("messidor2", root, tmp_path / "datalist.json")

@@ -98,10 +98,13 @@ def prepare_datalist(
             "official split, with its own test part. Leave num_folds unset (bundles: --num_folds null)."
         )
     every = [item for part in listed.values() for item in part] if isinstance(listed, dict) else listed
+    if not isinstance(listed, dict):  # before hashing, which takes long
+        _check_every_class_has_images(where, listed, layout.classes)
     index = None if duplicates == "ignore" else find_duplicates([item["image"] for item in every], duplicate_threshold)
     if isinstance(listed, dict):
         split = {part: list(listed.get(part, [])) for part in PARTS}
         if not split["validation"] and split["training"]:
+            _check_every_class_has_images(where, split["training"], layout.classes)
             _check_split_size(where, split["training"], layout.classes, fractions, carve=True)
             split["training"], split["validation"] = _carve_validation(split["training"], fractions, seed)
         origin = "official"
@@ -176,6 +179,19 @@ def _check_reuse(path: Path, seed: int, num_folds: int | None, fold: int) -> Non
         )
 
 
+def _check_every_class_has_images(where: str, items: Sequence[dict], classes: Sequence[str]) -> None:
+    """Name the classes without any image: their absence, not the dataset's size, is what stops a split."""
+    labels = [item["label"] for item in items]
+    counts = [labels.count(index) for index in range(len(classes))]
+    empty = [name for name, count in zip(classes, counts) if count == 0]
+    if empty:
+        shown = ", ".join(f"{name} {count}" for name, count in zip(classes, counts))
+        raise DatalistError(
+            f"{where}: class(es) {empty} have no images ({shown}): a class without images cannot be learned or "
+            "tested. Add its images, or check that dataset_dir is the right folder."
+        )
+
+
 def _check_kfold_size(where: str, items: Sequence[dict], classes: Sequence[str], num_folds: int) -> None:
     """Raise our error, not scikit-learn's, when a class is too small to reach every part of every fold."""
     labels = [item["label"] for item in items]
@@ -221,6 +237,7 @@ def _check_split_size(
         return
     parts = "training / validation" if carve else "training / validation / test"
     shown = ", ".join(f"{name} {count}" for name, count in zip(classes, counts))
+
     raise DatalistError(
         f"{where}: {len(items)} {'training ' if carve else ''}images ({shown}) are too few for a stratified "
         f"{parts} split with fractions {list(fractions)}: every class must reach every part, which needs at "
