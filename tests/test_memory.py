@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
-import numpy as np
+import mmap
 
 from monai_shpeft.memory import PeakMemoryMeter, current_rss_bytes
+
+
+def _fresh_resident_block(num_bytes: int) -> mmap.mmap:
+    """Anonymous pages written once: always new resident memory.
+
+    A NumPy array may reuse heap pages an earlier test in the same worker left resident, and then the RSS
+    does not move (seen in CI).
+    """
+    block = mmap.mmap(-1, num_bytes)
+    page = mmap.PAGESIZE
+    for offset in range(0, num_bytes, page):
+        block[offset] = 1
+    return block
 
 
 def test_the_cpu_meter_sees_a_transient_allocation_after_the_baseline() -> None:
     meter = PeakMemoryMeter("cpu")
     meter.start()
-    block = np.ones(64 * 2**20 // 8)  # 64 MiB, written so that it is resident
-    block.sum()
-    del block  # freed again: only the peak remembers it
+    block = _fresh_resident_block(64 * 2**20)
+    block.close()  # freed again: only the peak remembers it
     peak = meter.peak_bytes()
     assert peak >= 60 * 2**20
     if meter.reset_ok:  # the kernel reset the high-water mark: nothing much beyond the block is counted
@@ -22,7 +34,7 @@ def test_the_cpu_meter_sees_a_transient_allocation_after_the_baseline() -> None:
 
 def test_current_rss_is_positive_and_grows_with_resident_memory() -> None:
     before = current_rss_bytes()
-    block = np.ones(32 * 2**20 // 8)
+    block = _fresh_resident_block(32 * 2**20)
     after = current_rss_bytes()
+    block.close()
     assert before > 0 and after - before >= 30 * 2**20
-    del block
