@@ -13,6 +13,7 @@ from monai_shpeft.data.split import check_folds
 from monai_shpeft.errors import SettingsError
 from monai_shpeft.methods import check_method, check_optimizer, resolve_learning_rates
 from monai_shpeft.sparse_set import resolve_budget
+from monai_shpeft.transforms.frames import FRAME_NAMES, VOLUME_POLICIES
 
 __all__ = ["check_settings"]
 
@@ -33,6 +34,8 @@ def check_settings(
     amp: bool | str | None = "auto",
     num_folds: int | None = None,
     fold: int = 0,
+    slice_policy: int | str = "middle",
+    batch_size: int | None = None,
 ) -> None:
     """Check the knobs of a run that can be checked without data, before anything is built or read.
 
@@ -49,12 +52,17 @@ def check_settings(
         amp: the ``amp`` knob.
         num_folds: the ``num_folds`` knob (``None``: no k-fold split).
         fold: the ``fold`` knob.
+        slice_policy: how a volume becomes 2-D (:class:`~monai_shpeft.transforms.VolumeToImage`).
+        batch_size: the ``batch_size`` knob (checked against the training part later, once the split exists).
 
     Raises:
         SettingsError: naming the first knob whose value cannot work, and a value that does.
     """
     method = check_method(method)
     check_optimizer(optimizer_name)
+    check_slice_policy(slice_policy)
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise SettingsError(f"batch_size must be a whole number >= 1, got {batch_size!r} (e.g. --batch_size 32).")
     resolve_amp(amp, "cpu")  # the value only: which precision it gives depends on the device, resolved later
     if num_folds is not None:
         check_folds(num_folds, fold)
@@ -72,3 +80,22 @@ def check_settings(
     check_image_size(image_size, patch, "image_size", backbone)
     if method in ("shpeft", "gps") and budget is not None:
         resolve_budget(budget, _ANY_COUNT)
+
+
+def check_slice_policy(slice_policy: int | str) -> None:
+    """Check the ``slice_policy`` knob: a slice index or one of the named policies.
+
+    Args:
+        slice_policy: the knob's value.
+
+    Raises:
+        SettingsError: for anything else.
+    """
+    named = (*FRAME_NAMES, *VOLUME_POLICIES)
+    if isinstance(slice_policy, bool) or not isinstance(slice_policy, int | str):
+        raise SettingsError(f"slice_policy must be a slice index or one of {list(named)}, got {slice_policy!r}.")
+    if isinstance(slice_policy, str) and slice_policy not in named:
+        raise SettingsError(
+            f"slice_policy '{slice_policy}' is not a policy: use a slice index or one of {list(named)} "
+            "(e.g. --slice_policy middle)."
+        )

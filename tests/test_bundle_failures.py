@@ -67,6 +67,14 @@ CASES = {
     ),
     "fold": ({"args": ("--num_folds", "5", "--fold", "7")}, "SettingsError: fold must be one of 0..4 for num_folds=5"),
     "amp": ({"args": ("--amp", "fast")}, "SettingsError: amp must be one of ['auto', 'true', 'false', 'bf16']"),
+    "slice_policy": (
+        {"args": ("--slice_policy", "thickest")},
+        "SettingsError: slice_policy 'thickest' is not a policy: use a slice index or one of",
+    ),
+    "batch_larger_than_training": (
+        {"args": ("--batch_size", "512")},
+        "SettingsError: batch_size 512 is larger than the training part of datalist",
+    ),
     "fpt_size": (
         {"args": ("--method", "fpt", "--fpt_image_size", "50", "--fpt_side_image_size", "28")},
         "SettingsError: fpt_image_size 50 is not a multiple of the patch size 14",

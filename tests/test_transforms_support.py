@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 #: real nibabel test file: MR with RescaleSlope 2, RescaleIntercept -4096 and a window (slope 2 shows a double rescale)
 NIBABEL_DECIMAL_RESCALE = Path(nib.__file__).parent / "nicom" / "tests" / "data" / "decimal_rescale.dcm"
@@ -126,3 +126,45 @@ def write_nifti(folder: Path, name: str = "volume.nii.gz", slope: float | None =
     path = folder / name
     nib.save(image, path)
     return path, np.asarray(nib.load(path).dataobj)
+
+
+def write_dicom_series(
+    folder: Path,
+    stored: np.ndarray,
+    slope: float = 1.0,
+    intercept: float = -1024.0,
+    spacing: float = 2.5,
+    windows: list[tuple[float, float]] | None = None,
+    series_uid: str | None = None,
+    positions: list[float] | None = None,
+    names: list[str] | None = None,
+) -> Path:
+    """Write ``stored`` (``[slices, rows, columns]`` int16) as a CT series, one file per slice, as scanners do.
+
+    The files are named in a shuffled order (``names``, default reversed) so that a reader must sort by position;
+    slice ``k`` lies at ``positions[k]`` mm along z (default ``k * spacing``).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    series_uid = series_uid or generate_uid()
+    study_uid, frame_uid = generate_uid(), generate_uid()
+    count = stored.shape[0]
+    positions = positions if positions is not None else [k * spacing for k in range(count)]
+    names = names or [f"IM{count - k:04d}.dcm" for k in range(count)]
+    for k in range(count):
+        ds = new_dicom_dataset("CT")
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = CTImageStorage
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
+        ds.PatientID, ds.SeriesDate = "SERIES-TEST", "20260101"
+        ds.InstanceNumber = k + 1
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [0.0, 0.0, float(positions[k])]
+        ds.PixelSpacing, ds.SliceThickness = [0.7, 0.7], spacing
+        ds.Rows, ds.Columns = stored.shape[1:]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = slope, intercept, "HU"
+        if windows is not None:
+            ds.WindowCenter, ds.WindowWidth = windows[k]
+        ds.PixelData = stored[k].astype("<i2").tobytes()
+        ds.save_as(folder / names[k], enforce_file_format=True)
+    return folder

@@ -282,7 +282,7 @@ def load_datalist(datalist_file: str | os.PathLike, check_files: bool = True) ->
         for index, item in enumerate(items):
             if not isinstance(item, dict) or "image" not in item or "label" not in item:
                 raise DatalistError(f"datalist {path}: item {index} of '{part}' needs 'image' and 'label': {item!r}")
-            if check_files and not Path(item["image"]).is_file():
+            if check_files and not Path(item["image"]).exists():  # a file, or a DICOM series folder
                 raise DatalistError(
                     f"datalist {path}: '{part}' item {index} points to a missing file {item['image']}. Restore the "
                     "file, or delete the datalist to split the dataset anew."
@@ -291,7 +291,22 @@ def load_datalist(datalist_file: str | os.PathLike, check_files: bool = True) ->
 
 
 #: file types inference reads from a folder
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".nii", ".nii.gz", ".svs")
+IMAGE_SUFFIXES = (
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".dcm",
+    ".nii",
+    ".nii.gz",
+    ".mha",
+    ".mhd",
+    ".nrrd",
+    ".nhdr",
+    ".svs",
+)
 
 
 def inference_items(

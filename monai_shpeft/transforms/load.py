@@ -3,6 +3,10 @@
 * PNG, JPEG, BMP, TIFF tiles, GIF, WebP: :class:`~monai_shpeft.transforms.PILImageReader` (MONAI ``PILReader``);
 * DICOM (``DICM`` marker, any name, or a .dcm name): :class:`~monai_shpeft.transforms.PydicomImageReader`
   (MONAI ``PydicomReader``);
+* a folder: one DICOM series, checked by :func:`~monai_shpeft.transforms.series.inspect_dicom_series` and read by
+  :class:`~monai_shpeft.transforms.series.DicomSeriesReader` (MONAI ``ITKReader``);
+* MetaImage (.mha, .mhd) and NRRD (.nrrd, .nhdr): :class:`~monai_shpeft.transforms.series.ItkVolumeReader`
+  (MONAI ``ITKReader``);
 * NIfTI (.nii, .nii.gz): :class:`~monai_shpeft.transforms.NiftiImageReader` (MONAI ``NibabelReader``);
 * whole-slide images (.svs, .ndpi, .scn, .mrxs): MONAI ``WSIReader`` with cuCIM or OpenSlide, or tifffile's own
   pyramid levels (MONAI's tifffile backend counts TIFF pages as levels, which is wrong for SVS and sub-IFD
@@ -28,6 +32,7 @@ from monai_shpeft.transforms.errors import ImageReadError
 from monai_shpeft.transforms.formats import detect_image_format, format_family
 from monai_shpeft.transforms.meta import SourceMetaKeys, default_source_meta
 from monai_shpeft.transforms.readers import NiftiImageReader, PILImageReader, PydicomImageReader
+from monai_shpeft.transforms.series import DicomSeriesReader, ItkVolumeReader
 
 __all__ = ["LoadMedicalImage", "LoadMedicalImaged", "available_wsi_backend"]
 
@@ -139,13 +144,20 @@ class LoadMedicalImage(Transform):
         with warnings.catch_warnings():  # LoadImage registers MONAI's default readers; we never use the GPU one
             warnings.filterwarnings("ignore", message=r"NvImgCodecPydicomReader")
             self._loader = LoadImage(image_only=True, dtype=dtype, ensure_channel_first=ensure_channel_first)
-        self._readers = {"raster": PILImageReader(), "dicom": PydicomImageReader(), "nifti": NiftiImageReader()}
+        self._readers = {
+            "raster": PILImageReader(),
+            "dicom": PydicomImageReader(),
+            "dicom_series": DicomSeriesReader(),
+            "metaimage": ItkVolumeReader("metaimage"),
+            "nrrd": ItkVolumeReader("nrrd"),
+            "nifti": NiftiImageReader(),
+        }
 
     def __call__(self, filename: str | os.PathLike) -> MetaTensor:
         """Load ``filename``.
 
         Args:
-            filename: path of one image file.
+            filename: path of one image file, or of a folder holding one DICOM series.
 
         Returns:
             ``[C, *spatial]`` tensor (with ``ensure_channel_first``) carrying the metadata described above.
@@ -167,7 +179,7 @@ class LoadMedicalImage(Transform):
                 if family == "wsi":
                     img = self._load_wsi(path)
                 else:
-                    img = self._loader(path, reader=self._readers[family])
+                    img = self._loader(path, reader=self._readers[image_format if family == "itk" else family])
         except (ImageReadError, MemoryError):
             raise
         except Exception as e:

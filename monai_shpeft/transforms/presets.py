@@ -2,7 +2,7 @@
 
 Every preset is the same chain with per-modality choices::
 
-    LoadMedicalImaged -> SelectFramed -> DicomWindowd | ScaleToUnitRanged -> [InvertMonochrome1d] -> ToRGBd
+    LoadMedicalImaged -> VolumeToImaged -> DicomWindowd | ScaleToUnitRanged -> [InvertMonochrome1d] -> ToRGBd
       -> Resized -> [training: RandFlipd (+ RandFlipd), RandAffined] -> NormalizeIntensityd
 
 =============  =====================================================================================
@@ -35,7 +35,7 @@ from monai.transforms import Compose, NormalizeIntensityd, RandAffined, RandFlip
 
 from monai_shpeft.transforms.channels import ToRGBd
 from monai_shpeft.transforms.compose import ReportingCompose
-from monai_shpeft.transforms.frames import SelectFramed
+from monai_shpeft.transforms.frames import VolumeToImaged
 from monai_shpeft.transforms.intensity import ScaleToUnitRanged
 from monai_shpeft.transforms.load import LoadMedicalImaged
 from monai_shpeft.transforms.monochrome import InvertMonochrome1d
@@ -126,7 +126,7 @@ def _steps(
 
     steps: list[tuple[type, dict[str, Any]]] = [
         (LoadMedicalImaged, {"keys": keys_}),
-        (SelectFramed, {"keys": keys_, "index": frame}),
+        (VolumeToImaged, {"keys": keys_, "policy": frame}),
     ]
     if window is not None:
         center, width = float(window[0]), float(window[1])
@@ -185,8 +185,9 @@ def modality_transforms(
         window: explicit VOI window ``(center, width)`` in the file's units (e.g. HU for CT DICOM/NIfTI) used
             instead of the modality's default intensity step; ``None`` keeps it (the file's own window for
             ``ct``, ``xray`` and ``mammography``). Only meaningful for files in modality units, not PNG/JPEG.
-        frame: frame of multi-frame DICOM / slice of 3-D NIfTI to keep (an index, ``"first"``, ``"middle"``,
-            ``"last"``).
+        frame: how a volume (multi-frame DICOM, DICOM series folder, NIfTI, MetaImage, NRRD) becomes 2-D: a slice
+            index, ``"first"``, ``"middle"``, ``"last"``, ``"adjacent"`` (three slices as channels) or ``"mip"``
+            (:class:`~monai_shpeft.transforms.VolumeToImage`); an item's ``slice`` entry overrides the slice.
         keys: key(s) holding the image paths.
 
     Returns:
@@ -224,7 +225,7 @@ def modality_transform_config(
         std: per-channel std, or ``None`` for ``normalization``'s.
         normalization: ``"imagenet"`` or ``"clip"``.
         window: explicit VOI window ``(center, width)``, or ``None``.
-        frame: frame/slice to keep.
+        frame: the volume policy (see :func:`modality_transforms`).
         keys: key(s) holding the image paths.
 
     Returns:
