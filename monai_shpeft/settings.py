@@ -7,10 +7,13 @@ The bundles call :func:`check_settings` as their first ``initialize`` step (afte
 
 from __future__ import annotations
 
+import torch
+
 from monai_shpeft.amp import resolve_amp
 from monai_shpeft.backbones import check_image_size, patch_size_of
 from monai_shpeft.data.split import check_folds
 from monai_shpeft.errors import SettingsError
+from monai_shpeft.importance import scoped_parameters
 from monai_shpeft.methods import check_method, check_optimizer, resolve_learning_rates
 from monai_shpeft.sparse_set import resolve_budget
 from monai_shpeft.transforms.frames import FRAME_NAMES, VOLUME_POLICIES
@@ -80,6 +83,22 @@ def check_settings(
     check_image_size(image_size, patch, "image_size", backbone)
     if method in ("shpeft", "gps") and budget is not None:
         resolve_budget(budget, _ANY_COUNT)
+
+
+def check_budget_fits(method: str, budget: float | int | None, network: torch.nn.Module) -> None:
+    """Check SH-PEFT's and GPS's budget against the backbone's weights, once the network is built, before any data.
+
+    Args:
+        method: the ``method`` knob.
+        budget: the ``budget`` knob.
+        network: the classifier the run trains.
+
+    Raises:
+        SettingsError: for a count larger than the backbone's weights (a ratio always fits).
+    """
+    if check_method(method) not in ("shpeft", "gps") or budget is None:
+        return
+    resolve_budget(budget, sum(p.numel() for p in scoped_parameters(network).values()))
 
 
 def check_slice_policy(slice_policy: int | str) -> None:

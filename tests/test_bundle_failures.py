@@ -67,6 +67,10 @@ CASES = {
     ),
     "fold": ({"args": ("--num_folds", "5", "--fold", "7")}, "SettingsError: fold must be one of 0..4 for num_folds=5"),
     "amp": ({"args": ("--amp", "fast")}, "SettingsError: amp must be one of ['auto', 'true', 'false', 'bf16']"),
+    "budget_count": (
+        {"args": ("--budget", "$10**9")},
+        "SettingsError: budget count must be between 1 and the",
+    ),
     "slice_policy": (
         {"args": ("--slice_policy", "thickest")},
         "SettingsError: slice_policy 'thickest' is not a policy: use a slice index or one of",
