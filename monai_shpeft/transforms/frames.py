@@ -73,11 +73,7 @@ class SelectFrame(Transform):
         tensor, _ = as_image_tensor(img, type(self).__name__, min_spatial_dims=2, max_spatial_dims=3)
         if tensor.ndim == 3:
             return tensor
-        axis = self.spatial_axis
-        if axis is None and isinstance(tensor, MetaTensor):
-            recorded = tensor.meta.get(SourceMetaKeys.FRAME_AXIS)
-            axis = int(recorded) if isinstance(recorded, int | np.integer) and 0 <= int(recorded) <= 2 else None
-        axis = 0 if axis is None else axis
+        axis = self.frame_axis(tensor)
         count = tensor.shape[axis + 1]
         try:
             position = self._resolve(self.index if index is None else index, count)
@@ -89,6 +85,14 @@ class SelectFrame(Transform):
             out.meta[MetaKeys.SPATIAL_SHAPE] = np.asarray(out.shape[1:])
             _keep_frame_window(out.meta, position)
         return out
+
+    def frame_axis(self, tensor: torch.Tensor) -> int:
+        """The spatial axis holding the frames: ``spatial_axis``, else the loader's ``frame_axis``, else 0."""
+        axis = self.spatial_axis
+        if axis is None and isinstance(tensor, MetaTensor):
+            recorded = tensor.meta.get(SourceMetaKeys.FRAME_AXIS)
+            axis = int(recorded) if isinstance(recorded, int | np.integer) and 0 <= int(recorded) <= 2 else None
+        return 0 if axis is None else axis
 
     @staticmethod
     def _resolve(index: int | str, count: int) -> int:
@@ -197,7 +201,7 @@ class VolumeToImage(Transform):
             return tensor
         if self.policy not in VOLUME_POLICIES:
             return self.selector(tensor, index=index)
-        axis = self._axis(tensor)
+        axis = self.selector.frame_axis(tensor)
         count = tensor.shape[axis + 1]
         if self.policy == "mip":
             out = tensor.amax(dim=axis + 1)
@@ -222,13 +226,6 @@ class VolumeToImage(Transform):
             out.meta.pop(SourceMetaKeys.FRAME_WINDOW_CENTERS, None)
             out.meta.pop(SourceMetaKeys.FRAME_WINDOW_WIDTHS, None)
         return out
-
-    def _axis(self, tensor: torch.Tensor) -> int:
-        axis = self.selector.spatial_axis
-        if axis is None and isinstance(tensor, MetaTensor):
-            recorded = tensor.meta.get(SourceMetaKeys.FRAME_AXIS)
-            axis = int(recorded) if isinstance(recorded, int | np.integer) and 0 <= int(recorded) <= 2 else None
-        return 0 if axis is None else axis
 
 
 class VolumeToImaged(MapTransform):
