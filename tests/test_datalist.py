@@ -153,7 +153,7 @@ def test_bundle_num_folds_and_fold_knobs_give_that_fold(tmp_path: Path, monkeypa
         """What ``--key value`` knobs on the command line do: update the parser, then parse the split."""
         parser = ConfigParser()
         parser.read_config("bundles/busi/configs/train.json")
-        parser.update({"dataset_dir": "busi", "num_workers": 0, "batch_size": 4, "device": "$torch.device('cpu')", **knobs})
+        parser.update({"dataset_dir": "busi", "num_workers": 0, "device": "$torch.device('cpu')", **knobs})
         return parser.get_parsed_content("split")  # the split only: no network is built
 
     split = split_of(num_folds=3, fold=1)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from monai_shpeft.data import load_datalist
-from monai_shpeft.data.validation import check_datalist
+from monai_shpeft.data.validation import check_batch_size, check_datalist
 from monai_shpeft.errors import SettingsError
 from monai_shpeft.settings import check_settings
 from monai_shpeft.transforms import (
@@ -184,8 +184,9 @@ def test_a_batch_larger_than_the_training_part_is_refused_before_training(tmp_pa
         {"image": str(write_dicom_series(tmp_path / f"c{k}", _stored(slices=1))), "label": k % 2} for k in range(4)
     ]
     split = {"training": items[:2], "validation": items[2:3], "test": items[3:]}
-    assert len(check_datalist(split, batch_size=2)["training"]) == 2
+    training = check_datalist(split)["training"]
+    assert check_batch_size(training, 2) == training
     with pytest.raises(SettingsError, match=r"batch_size 8 is larger than the training part .* \(2 images\)"):
-        check_datalist(split, batch_size=8)
+        check_batch_size(training, 8, "datalist.json")
     with pytest.raises(SettingsError, match="batch_size must be a whole number"):
         check_settings(method="shpeft", backbone="timm:vit_tiny_patch16_224", image_size=32, batch_size=0)

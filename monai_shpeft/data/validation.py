@@ -167,9 +167,8 @@ def check_datalist(
     datalist_file: str | os.PathLike | None = None,
     image_key: str = "image",
     num_workers: int = 0,
-    batch_size: int | None = None,
 ) -> dict[str, list[dict]]:
-    """Check a split before training: labels, non-empty parts, every image readable, a batch that fits.
+    """Check a split before training: labels, non-empty parts, and every image readable.
 
     Args:
         split: ``{"training": [...], "validation": [...], "test": [...]}`` (any part names) of
@@ -181,7 +180,6 @@ def check_datalist(
         datalist_file: the datalist the split came from, quoted in errors.
         image_key: key of the image path in each item.
         num_workers: threads reading images (PIL and the DICOM decoders release the GIL); 0 or 1 reads in turn.
-        batch_size: the training batch size; when given, the training part must hold at least one batch.
 
     Returns:
         the split, without the skipped items (a new dict of new lists; the items themselves are not copied).
@@ -189,7 +187,6 @@ def check_datalist(
     Raises:
         DatalistError: for a label that is not a class index, or a part that is (or, after skipping, becomes)
             empty.
-        SettingsError: for a batch size larger than the training part.
         ImageReadError: without ``skip_bad_files``, for the first image (in datalist order) that cannot be read
             or holds NaN/infinite values; the message names the file, the cause, where the datalist lists it
             and what to do.
@@ -202,14 +199,32 @@ def check_datalist(
     )
     if classes is not None:
         check_labels(split, classes, datalist_file)
-    checked = _check(split, bool(skip_bad_files), report_file, where, remedy, image_key, num_workers)
-    training = len(checked.get("training", ()))
-    if batch_size is not None and "training" in checked and int(batch_size) > training:
+    return _check(split, bool(skip_bad_files), report_file, where, remedy, image_key, num_workers)
+
+
+def check_batch_size(
+    training: Sequence[Mapping[str, Any]], batch_size: int, datalist_file: str | os.PathLike | None = None
+) -> list[Mapping[str, Any]]:
+    """Check that the training part holds at least one batch (bundles: ``train#dataset``, training only).
+
+    Args:
+        training: the training items, after :func:`check_datalist`.
+        batch_size: the training batch size.
+        datalist_file: the datalist the items came from, quoted in the error.
+
+    Returns:
+        ``training``, unchanged.
+
+    Raises:
+        SettingsError: for a batch size larger than the training part.
+    """
+    if int(batch_size) > len(training):
+        where = f"datalist {os.fspath(datalist_file)}" if datalist_file else "the datalist"
         raise SettingsError(
-            f"batch_size {int(batch_size)} is larger than the training part of {where} ({training} images): every "
-            f"epoch would be one short batch. Lower --batch_size to at most {training}."
+            f"batch_size {int(batch_size)} is larger than the training part of {where} ({len(training)} images): "
+            f"every epoch would be one short batch. Lower --batch_size to at most {len(training)}."
         )
-    return checked
+    return list(training)
 
 
 def check_items(
