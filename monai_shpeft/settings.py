@@ -14,7 +14,7 @@ from monai_shpeft.backbones import check_image_size, patch_size_of
 from monai_shpeft.data.split import check_folds
 from monai_shpeft.errors import SettingsError
 from monai_shpeft.importance import scoped_parameters
-from monai_shpeft.methods import check_method, check_optimizer, resolve_learning_rates
+from monai_shpeft.methods import check_method, check_optimizer, resolve_checkpoint_rule, resolve_learning_rates
 from monai_shpeft.sparse_set import resolve_budget
 from monai_shpeft.transforms.frames import FRAME_NAMES, VOLUME_POLICIES
 
@@ -39,6 +39,7 @@ def check_settings(
     fold: int = 0,
     slice_policy: int | str = "middle",
     batch_size: int | None = None,
+    checkpoint_rule: str | None = None,
 ) -> None:
     """Check the knobs of a run that can be checked without data, before anything is built or read.
 
@@ -57,6 +58,7 @@ def check_settings(
         fold: the ``fold`` knob.
         slice_policy: how a volume becomes 2-D (:class:`~monai_shpeft.transforms.VolumeToImage`).
         batch_size: the ``batch_size`` knob (checked against the training part later, once the split exists).
+        checkpoint_rule: the ``checkpoint_rule`` knob (``None``: the method's default).
 
     Raises:
         SettingsError: naming the first knob whose value cannot work, and a value that does.
@@ -64,6 +66,7 @@ def check_settings(
     method = check_method(method)
     check_optimizer(optimizer_name)
     check_slice_policy(slice_policy)
+    resolve_checkpoint_rule(method, checkpoint_rule)
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise SettingsError(f"batch_size must be a whole number >= 1, got {batch_size!r} (e.g. --batch_size 32).")
     resolve_amp(amp, "cpu")  # the value only: which precision it gives depends on the device, resolved later

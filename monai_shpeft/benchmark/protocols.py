@@ -49,6 +49,8 @@ class Protocol:
         validate_warmup: validate the warmed model as epoch 0, so that it is the checkpoint to beat.
         head_logit_scale: the head's logit scale (its features are L2-normalised).
         lr_warmup_fraction: fraction of the iterations with a linear learning-rate warm-up before the cosine decay.
+        checkpoint_rule: ``"best"`` or ``"average"`` weights kept (``None``: each method's default,
+            :data:`monai_shpeft.methods.DEFAULT_CHECKPOINT_RULES`).
     """
 
     name: str
@@ -69,6 +71,7 @@ class Protocol:
     validate_warmup: bool = True
     head_logit_scale: float = 100.0
     lr_warmup_fraction: float = 0.1
+    checkpoint_rule: str | None = None
 
     def learning_rate(self, method: str) -> float:
         """The learning rate of ``method``: the protocol's, else the bundles' default (``DEFAULT_LEARNING_RATES``)."""
@@ -111,6 +114,7 @@ _PRE_LPFT_RECIPE: dict[str, Any] = {
     "validate_warmup": False,
     "head_logit_scale": 1.0,
     "lr_warmup_fraction": 0.0,
+    "checkpoint_rule": "best",
 }
 
 PROTOCOLS: dict[str, Protocol] = {

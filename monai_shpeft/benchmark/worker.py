@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from monai_shpeft.memory import PeakMemoryMeter
-from monai_shpeft.methods import count_trainable, method_info, resolve_learning_rates
+from monai_shpeft.methods import count_trainable, method_info, resolve_checkpoint_rule, resolve_learning_rates
 from monai_shpeft.utils import atomic_write_json
 
 __all__ = ["bundle_overrides", "learning_rates", "run_job", "main"]
@@ -90,6 +90,7 @@ def bundle_overrides(job: dict[str, Any]) -> dict[str, Any]:
         "head_warmup": protocol.get("head_warmup", "lbfgs"),
         "validate_warmup": bool(protocol.get("validate_warmup", True)),
         "head_logit_scale": float(protocol.get("head_logit_scale", 30.0)),
+        "checkpoint_rule": protocol.get("checkpoint_rule"),  # None: the method's default
         "estimation_iterations": protocol["estimation_iterations"],
         "num_workers": job.get("num_workers", 2),
         "fpt_image_size": protocol["fpt_image_size"],
@@ -149,6 +150,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     evaluator = parser.get_parsed_content("validate#evaluator")
     key_metric = parser.get_parsed_content("validate#key_metric_name")
     best_value, best_epoch = evaluator.state.best_metric, int(evaluator.state.best_metric_epoch)
+    rule = resolve_checkpoint_rule(job["run"]["method"], overrides.get("checkpoint_rule"))
+    averaged = getattr(trainer.state, "weight_average", None)
     warmup_file = Path(parser.get_parsed_content("probe_record_file"))
     warmup = None
     if warmup_file.is_file():  # the fit's figures, without its weights
@@ -186,8 +189,11 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         "learning_rate": learning_rate,
         "head_learning_rate": head_learning_rate,
         "best_validation": {"metric": key_metric, "value": float(best_value), "epoch": best_epoch},
+        # which weights were kept: the best validation ("best") or the average of the epochs ("average")
+        "checkpoint_rule": rule,
+        "weight_average": averaged,
         # epoch 0 is the validation of the warmed head alone (validate_warmup): fine-tuning never beat the probe
-        "kept_warmup": best_epoch == 0,
+        "kept_warmup": rule == "best" and best_epoch == 0,
         "head_warmup": warmup,
         "test_f1": metrics["test_f1"],
         "test_accuracy": metrics["test_accuracy"],
