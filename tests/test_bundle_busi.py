@@ -87,6 +87,18 @@ def test_checkpoint_holds_the_sparse_update(trained: Path) -> None:
             assert torch.equal(trained_state[name][frozen], start[frozen]), name
 
 
+def test_the_kept_checkpoint_is_the_average_of_the_epoch_weights(trained: Path) -> None:
+    """SH-PEFT's default checkpoint rule: model.pt holds the running average the resume checkpoint carries."""
+    models = trained / BUNDLE / "models"
+    kept = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
+    resume = torch.load(models / "resume" / "checkpoint.pt", map_location="cpu", weights_only=False)
+    average = resume["weight_average"]
+    assert average["count"] == 2 and "head.linear.weight" in average["average"]
+    for name, value in average["average"].items():
+        torch.testing.assert_close(kept[name], value)
+    assert not torch.equal(kept["head.linear.weight"], resume["network"]["head.linear.weight"])  # not the last epoch
+
+
 def test_evaluate_reports_f1_accuracy_auc_on_the_test_split(trained: Path) -> None:
     run_command(
         monai_bundle(
