@@ -39,7 +39,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.data import DataLoader, Dataset
 from monai.transforms import Compose
-from sklearn.metrics import f1_score, log_loss
+from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
 from sklearn.model_selection import StratifiedShuffleSplit
 
 from monai_shpeft.utils import atomic_write_json
@@ -179,21 +179,42 @@ def validation_comparison(folds: dict[int, dict[str, np.ndarray]], epochs: int, 
         for rule in RULES:
             per_fold[rule].append(float(np.mean(scores[rule])))
     return {
-        rule: {"mean": float(np.mean(v)), "std": float(np.std(v)), "per_fold": [round(x, 4) for x in v]}
+        rule: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)), "per_fold": [round(x, 4) for x in v]}
         for rule, v in per_fold.items()
     }
 
 
 def test_figures(folds: dict[int, dict[str, np.ndarray]], epochs: int, rules: list[str]) -> dict[str, Any]:
-    """Test macro-F1 of the given rules, each selecting on the whole validation part, with the probe (epoch 0)."""
+    """Test macro-F1, accuracy and macro AUC of the given rules (each selecting on the whole validation part), with
+    the probe (epoch 0) and each rule's paired macro-F1 difference against it."""
     report: dict[str, Any] = {}
+    probe_f1: list[float] = []
     for rule in ["probe", *rules]:
-        values = []
+        figures: dict[str, list[float]] = {"f1": [], "accuracy": [], "auc": []}
         for arrays in folds.values():
             every = np.arange(len(arrays["validation/labels"]))
             name = "epoch0" if rule == "probe" else choose(rule, arrays, "validation", every, epochs)
-            values.append(_f1(arrays, "test", name))
-        report[rule] = {"mean": float(np.mean(values)), "std": float(np.std(values)), "per_fold": values}
+            labels, probabilities = arrays["test/labels"], arrays[f"test/{name}"]
+            figures["f1"].append(_f1(arrays, "test", name))
+            figures["accuracy"].append(float(accuracy_score(labels, probabilities.argmax(1))))
+            figures["auc"].append(float(roc_auc_score(labels, probabilities, multi_class="ovr", average="macro")))
+        entry: dict[str, Any] = {
+            key: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)), "per_fold": v} for key, v in figures.items()
+        }
+        if rule == "probe":
+            probe_f1 = figures["f1"]
+        else:
+            difference = np.asarray(figures["f1"]) - np.asarray(probe_f1)
+            entry["paired_f1_difference"] = {
+                "mean": float(difference.mean()),
+                "std": float(difference.std(ddof=1)),
+                "won_tied_lost": [
+                    int((difference > 0).sum()),
+                    int((difference == 0).sum()),
+                    int((difference < 0).sum()),
+                ],
+            }
+        report[rule] = entry
     return report
 
 
