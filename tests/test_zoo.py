@@ -24,7 +24,7 @@ from monai_shpeft.zoo import (
     package_bundle,
     parse_overrides,
 )
-from tests.helpers import copy_bundles, monai_bundle, run_command, write_busi_folder
+from tests.helpers import REPO_ROOT, copy_bundles, monai_bundle, run_command, write_busi_folder
 from tests.test_delta import write_backbone_weights
 
 pytestmark = pytest.mark.filterwarnings("ignore:No hash value provided:UserWarning")
@@ -107,7 +107,8 @@ def test_the_package_passes_the_model_zoo_checks(shared: dict[str, Path]) -> Non
 def test_the_zip_is_self_contained_and_ships_the_delta_not_the_checkpoint(
     shared: dict[str, Path], tmp_path: Path
 ) -> None:
-    assert shared["zip"].name == "busi_v0.5.1.zip"
+    version = json.loads((REPO_ROOT / "bundles" / "busi" / "configs" / "metadata.json").read_text())["version"]
+    assert shared["zip"].name == f"busi_v{version}.zip"
     bundle = unpack(shared["zip"], tmp_path)
     assert (bundle / "models" / "delta.safetensors").is_file() and not (bundle / "models" / "model.pt").exists()
     inference = json.loads((bundle / "configs" / "inference.json").read_text())
