@@ -46,6 +46,7 @@ from monai_shpeft.utils import atomic_write_json
 
 BUNDLE = Path(__file__).resolve().parent.parent / "bundles" / "busi"
 RULES = (
+    "probe",
     "best_f1",
     "best_loss",
     "final",
@@ -155,6 +156,8 @@ def choose(rule: str, arrays: dict[str, np.ndarray], part: str, index: np.ndarra
         return names[int(np.argmax(scores))]
     if rule == "best_loss":
         return names[int(np.argmin([_loss(arrays, part, n, index) for n in names]))]
+    if rule == "probe":  # the warmed head alone: the floor every rule is judged against
+        return "epoch0"
     if rule == "final":
         return names[-1]
     if rule == "average_or_probe":
@@ -199,7 +202,8 @@ def test_figures(folds: dict[int, dict[str, np.ndarray]], epochs: int, rules: li
             figures["accuracy"].append(float(accuracy_score(labels, probabilities.argmax(1))))
             figures["auc"].append(float(roc_auc_score(labels, probabilities, multi_class="ovr", average="macro")))
         entry: dict[str, Any] = {
-            key: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)), "per_fold": v} for key, v in figures.items()
+            key: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)), "per_fold": v}
+            for key, v in figures.items()
         }
         if rule == "probe":
             probe_f1 = figures["f1"]
