@@ -95,6 +95,8 @@ def train_fold(args: argparse.Namespace, fold: int, out: Path) -> None:
             "image_size": args.image_size,
             "batch_size": args.batch_size,
             "max_epochs": args.max_epochs,
+            "estimation_iterations": args.estimation_iterations,
+            "learning_rate": args.learning_rate,
             "device": "cpu",
             "num_folds": args.num_folds,
             "fold": fold,
@@ -230,6 +232,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--image_size", type=int, default=112)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--max_epochs", type=int, default=5)
+    parser.add_argument("--estimation_iterations", type=int, default=None, help="importance batches (all: None)")
+    parser.add_argument("--learning_rate", type=float, default=None, help="backbone rate (None: the method's)")
     parser.add_argument("--num_folds", type=int, default=5)
     parser.add_argument("--folds", default="0,1,2,3,4")
     parser.add_argument("--seed", type=int, default=0)
