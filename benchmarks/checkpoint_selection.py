@@ -113,6 +113,14 @@ def train_fold(args: argparse.Namespace, fold: int, out: Path) -> None:
 
     evaluator.add_event_handler(Events.COMPLETED, lambda _: states.append(_snapshot(network)))
     trainer.run()
+    if len(states) == args.max_epochs + 2:
+        # the bundle's weight-averaging handler validates the average as one more epoch: it must be the same mean
+        handler_average = states.pop()
+        difference = max(
+            (handler_average[k] - v).abs().max().item() for k, v in _mean(states[1:]).items() if v.is_floating_point()
+        )
+        if difference > 1e-5:
+            raise RuntimeError(f"the bundle's averaged weights differ from the mean of the epochs by {difference}")
     if len(states) != args.max_epochs + 1:
         raise RuntimeError(f"expected {args.max_epochs + 1} validations (epoch 0 = warm-up), got {len(states)}")
 
