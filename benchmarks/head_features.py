@@ -58,13 +58,14 @@ def _parts(args: argparse.Namespace, fold: int, work: Path) -> tuple[dict[str, l
 def _tokens(args: argparse.Namespace, items: list[dict], parser: ConfigParser, size: int) -> dict[str, np.ndarray]:
     parser.update({"image_size": size})
     transform = Compose(parser.get_parsed_content("transforms#images_eval", lazy=False))
-    model = build_classifier(args.backbone, 3, pretrained=args.pretrained, image_size=size).eval()
+    num_classes = int(parser.get_parsed_content("num_classes"))
+    model = build_classifier(args.backbone, num_classes, pretrained=args.pretrained, image_size=size).eval()
+    prefix = int(getattr(model.backbone, "num_prefix_tokens", 1))
     loader = DataLoader(Dataset(items, transform), batch_size=32, num_workers=2)
     pooled: dict[str, list[np.ndarray]] = {p: [] for p in POOLINGS}
     start = time.perf_counter()
     for batch in loader:
         tokens = model.backbone.forward_features(batch["image"].as_tensor().float())
-        prefix = int(getattr(model.backbone, "num_prefix_tokens", 1))
         cls, mean = tokens[:, 0], tokens[:, prefix:].mean(1)
         pooled["cls"].append(cls.numpy())
         pooled["mean"].append(mean.numpy())
@@ -102,19 +103,23 @@ def main() -> None:
                     items[str(item["image"])] = item
         keys = sorted(items)
         index = {k: i for i, k in enumerate(keys)}
-        report: dict[str, Any] = {"command": "python benchmarks/head_features.py " + " ".join(
-            f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items()
-        ), "num_images": len(keys), "sizes": {}}
+        report: dict[str, Any] = {
+            "command": "python benchmarks/head_features.py "
+            + " ".join(f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items()),
+            "num_images": len(keys),
+            "sizes": {},
+        }
         for size in args.sizes:
             features = _tokens(args, [items[k] for k in keys], folds[0][1], size)
             labels = np.asarray([int(items[k]["label"]) for k in keys])
+            num_classes = int(folds[0][1].get_parsed_content("num_classes"))
             entry: dict[str, Any] = {"seconds_per_image_forward": round(float(features["seconds_per_image"]), 4)}
             for pooling in POOLINGS:
                 scores = []
                 for split, _ in folds.values():
                     train = [index[str(i["image"])] for i in split["training"]]
                     val = [index[str(i["image"])] for i in split["validation"]]
-                    fit = fit_probe(features[pooling][train], labels[train], num_classes=3)
+                    fit = fit_probe(features[pooling][train], labels[train], num_classes=num_classes)
                     predicted = fit.logits(features[pooling][val]).argmax(1)
                     scores.append(float(f1_score(labels[val], predicted, average="macro")))
                 entry[pooling] = {
