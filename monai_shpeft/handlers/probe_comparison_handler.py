@@ -15,6 +15,7 @@ from monai.utils import min_version, optional_import
 
 from monai_shpeft.backbones import build_classifier
 from monai_shpeft.linear_probe import ProbeFit, extract_features
+from monai_shpeft.metrics import probabilities_and_labels
 from monai_shpeft.utils import atomic_write_json
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
@@ -66,6 +67,11 @@ class ProbeComparisonHandler:
     the evaluator's loader, writes ``{"model": ..., "linear_probe": ..., "difference": ...}`` to ``output_file``
     and logs one line, so that a user sees whether fine-tuning beat the 20-second baseline on this split.
 
+    Both sides are scored by one function (:func:`classification_figures`) on the probabilities each produced: the
+    model's are gathered from the evaluator's outputs (``decollate=False``). So when the kept model *is* the probe
+    (``checkpoint_rule best`` kept epoch 0) the two figures are equal to the last bit, and a difference is never a
+    rounding artefact of two metric implementations.
+
     Args:
         record_file: the warm-up's record (``<ckpt_dir>/linear_probe.json``). Missing (FPT, ``head_warmup none``):
             the handler says so and does nothing.
@@ -88,14 +94,26 @@ class ProbeComparisonHandler:
         self.pretrained = pretrained
         self.logger = logging.getLogger(__name__)
         self.comparison: dict[str, Any] | None = None
+        self._model_probabilities: list[np.ndarray] = []
+        self._model_labels: list[np.ndarray] = []
 
     def attach(self, engine: Engine) -> None:
-        """Register on ``Events.COMPLETED`` of the evaluator.
+        """Gather the model's outputs at every iteration and compare on ``Events.COMPLETED`` of the evaluator.
 
         Args:
             engine: the evaluator.
         """
+        engine.add_event_handler(Events.STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._gather)
         engine.add_event_handler(Events.COMPLETED, self)
+
+    def _reset(self, engine: Engine) -> None:
+        self._model_probabilities, self._model_labels = [], []
+
+    def _gather(self, engine: Engine) -> None:
+        probabilities, labels = probabilities_and_labels(engine.state.output)
+        self._model_probabilities.append(probabilities.detach().cpu().numpy())
+        self._model_labels.append(labels.detach().cpu().numpy())
 
     def _probe_network(self, record: Mapping[str, Any], num_classes: int) -> torch.nn.Module:
         recipe = record.get("recipe") or {}
@@ -128,11 +146,12 @@ class ProbeComparisonHandler:
         probabilities = np.exp(logits - logits.max(1, keepdims=True))
         probabilities /= probabilities.sum(1, keepdims=True)
         probe = classification_figures(labels, probabilities)
-        model = {
-            name: float(engine.state.metrics[f"{self.metric_prefix}{name}"])
-            for name in _METRICS
-            if f"{self.metric_prefix}{name}" in engine.state.metrics
-        }
+        model_labels = np.concatenate(self._model_labels)
+        if not np.array_equal(model_labels, labels):
+            raise RuntimeError("the probe's pass over the evaluator's data met other labels, or another order.")
+        model_figures = classification_figures(model_labels, np.concatenate(self._model_probabilities))
+        # the figures the evaluator computes (its metric names tell which), each scored as the probe's are
+        model = {name: model_figures[name] for name in _METRICS if f"{self.metric_prefix}{name}" in engine.state.metrics}
         self.comparison = {
             "model": model,
             "linear_probe": probe,
