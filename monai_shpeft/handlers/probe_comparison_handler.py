@@ -151,7 +151,9 @@ class ProbeComparisonHandler:
             raise RuntimeError("the probe's pass over the evaluator's data met other labels, or another order.")
         model_figures = classification_figures(model_labels, np.concatenate(self._model_probabilities))
         # the figures the evaluator computes (its metric names tell which), each scored as the probe's are
-        model = {name: model_figures[name] for name in _METRICS if f"{self.metric_prefix}{name}" in engine.state.metrics}
+        model = {
+            name: model_figures[name] for name in _METRICS if f"{self.metric_prefix}{name}" in engine.state.metrics
+        }
         self.comparison = {
             "model": model,
             "linear_probe": probe,
