@@ -13,7 +13,7 @@ from typing import Any
 
 from monai_shpeft.errors import SettingsError
 
-__all__ = ["as_flag", "atomic_path", "atomic_write_json", "read_safetensors", "sha256_of_file"]
+__all__ = ["as_flag", "atomic_path", "atomic_write_json", "read_run_metadata", "read_safetensors", "sha256_of_file"]
 
 
 @contextlib.contextmanager
@@ -58,6 +58,35 @@ def atomic_write_json(path: str | os.PathLike, data: Any, indent: int = 4) -> No
     """
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=indent) + "\n", encoding="utf-8")
+
+
+def read_run_metadata(run_file: str | os.PathLike, template_file: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The metadata of a training run: ``run_file`` if it exists, else the bundle's own metadata as its start.
+
+    A run records what it trained (the sparse set, the delta) in a copy of the bundle's ``configs/metadata.json``
+    beside its checkpoint (``models/metadata.json``), so the tracked file of a bundle is never rewritten by a run
+    and the record always sits next to the weights it describes.
+
+    Args:
+        run_file: the run's metadata file.
+        template_file: the bundle's ``configs/metadata.json``, read when ``run_file`` does not exist yet.
+
+    Returns:
+        the metadata, as a dictionary to update and write to ``run_file``.
+
+    Raises:
+        FileNotFoundError: if neither file exists.
+        ValueError: if the file read is not valid JSON.
+    """
+    source = Path(run_file)
+    if not source.is_file() and template_file is not None:
+        source = Path(template_file)
+    try:
+        return json.loads(source.read_text(encoding="utf-8"))
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"bundle metadata not found: {source}") from error
+    except json.JSONDecodeError as error:
+        raise ValueError(f"bundle metadata {source} is not valid JSON: {error}") from error
 
 
 def sha256_of_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:

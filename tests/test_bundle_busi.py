@@ -15,6 +15,7 @@ from monai_shpeft.sparse_set import SparseTrainableSet
 from monai_shpeft.utils import sha256_of_file
 from monai_shpeft.zoo import METADATA_SCHEMA
 from tests.helpers import (
+    REPO_ROOT,
     TINY_BUNDLE_ARGS,
     copy_bundles,
     monai_bundle,
@@ -57,7 +58,14 @@ def test_training_writes_model_set_split_and_metadata_record(trained: Path) -> N
     assert trainable_set.num_selected == round(0.01 * trainable_set.num_total)
     assert trainable_set.header["backbone"] == "timm:vit_small_patch14_dinov2"
 
-    record = json.loads((trained / BUNDLE / "configs" / "metadata.json").read_text())["sparse_trainable_set"]
+    # the record goes into the run's metadata beside the checkpoint; the bundle's tracked metadata is untouched
+    assert (trained / BUNDLE / "configs" / "metadata.json").read_bytes() == (
+        REPO_ROOT / "bundles" / "busi" / "configs" / "metadata.json"
+    ).read_bytes()
+    run_metadata = json.loads((models / "metadata.json").read_text())
+    shipped = json.loads((REPO_ROOT / "bundles" / "busi" / "configs" / "metadata.json").read_text())
+    assert {k: v for k, v in run_metadata.items() if k != "sparse_trainable_set"} == shipped
+    record = run_metadata["sparse_trainable_set"]
     assert record["selected"] == trainable_set.num_selected and record["strategy"] == "l2"
     assert record["lambda"] == 1.0 and record["budget"] == 0.01
     assert record["file"] == "sparse_trainable_set.safetensors"
@@ -179,13 +187,13 @@ def test_ckpt_export_and_verify_commands(trained: Path) -> None:
         monai_bundle(
             "verify_metadata",
             "--meta_file",
-            f"{BUNDLE}/configs/metadata.json",
+            f"{BUNDLE}/models/metadata.json",
             "--filepath",
             str(METADATA_SCHEMA),
         ),
         cwd=trained,
     )
-    assert "verified with no error" in output  # the metadata, with the training record, passes offline
+    assert "verified with no error" in output  # the run's metadata, with the training record, passes offline
 
 
 def test_verify_metadata_rejects_a_broken_record(tmp_path: Path) -> None:

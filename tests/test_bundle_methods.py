@@ -148,7 +148,7 @@ def test_gps_trains_its_per_neuron_set_through_the_bundle_and_evaluates(data_roo
     for name in matrices:
         rows = trainable_set.mask(name).reshape(trainable_set.shapes[name][0], -1)
         assert (rows.sum(dim=1) == header["k_per_row"]).all(), name
-    record = json.loads((work / BUNDLE / "configs" / "metadata.json").read_text())["sparse_trainable_set"]
+    record = json.loads((models / "metadata.json").read_text())["sparse_trainable_set"]
     assert record["selection"] == "per_neuron" and record["selected"] == trainable_set.num_selected
 
     trained = torch.load(models / "model.pt", map_location="cpu", weights_only=True)

@@ -105,7 +105,8 @@ def test_bundle_trains_on_a_tiny_copy_of_its_dataset(name: str, tmp_path: Path) 
     assert trainable_set.num_selected == round(0.01 * trainable_set.num_total)
     assert trainable_set.header["backbone"] == "timm:vit_small_patch14_dinov2"
 
-    metadata_file = bundle / "configs" / "metadata.json"
+    assert "sparse_trainable_set" not in json.loads((bundle / "configs" / "metadata.json").read_text())
+    metadata_file = bundle / "models" / "metadata.json"  # the run's metadata: the bundle's plus the record
     record = json.loads(metadata_file.read_text())["sparse_trainable_set"]
     assert record["selected"] == trainable_set.num_selected and record["total"] == trainable_set.num_total
     assert record["file"] == set_file.name and record["sha256"] == sha256_of_file(set_file)

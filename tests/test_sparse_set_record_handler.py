@@ -53,3 +53,32 @@ def test_broken_metadata_is_reported(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="metadata.json is not valid JSON"):
         trainer.run()
     assert metadata.read_text() == "{not json"  # left as it was
+
+
+def test_record_starts_from_the_template_and_leaves_it_untouched(tmp_path: Path) -> None:
+    template = tmp_path / "configs" / "metadata.json"
+    template.parent.mkdir()
+    template.write_text(json.dumps({"version": "0.2.0", "name": "bundle"}))
+    before = template.read_bytes()
+    run_metadata = tmp_path / "models" / "metadata.json"  # does not exist yet: the run starts it
+    handlers = [
+        ImportanceEstimationHandler(budget=12, progress=False),
+        GradientMaskHandler(),
+        SparseSetRecordHandler(run_metadata, template_file=template),
+    ]
+    make_trainer(tiny_classifier(), image_label_loader(num_samples=4), SGD, handlers).run()
+    assert template.read_bytes() == before  # the bundle's own metadata is never written
+    written = json.loads(run_metadata.read_text())
+    assert written["name"] == "bundle" and written["version"] == "0.2.0"
+    assert written["sparse_trainable_set"]["selected"] == 12
+
+
+def test_missing_metadata_and_template_name_the_file(tmp_path: Path) -> None:
+    handlers = [
+        ImportanceEstimationHandler(budget=5, progress=False),
+        GradientMaskHandler(),
+        SparseSetRecordHandler(tmp_path / "models" / "metadata.json", template_file=tmp_path / "nowhere.json"),
+    ]
+    trainer = make_trainer(tiny_classifier(), image_label_loader(num_samples=4), SGD, handlers)
+    with pytest.raises(FileNotFoundError, match="nowhere.json"):
+        trainer.run()

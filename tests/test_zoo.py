@@ -79,7 +79,9 @@ def unpack(archive: Path, destination: Path) -> Path:
 def test_export_writes_a_small_delta_and_records_it(shared: dict[str, Path]) -> None:
     models = shared["work"] / BUNDLE / "models"
     delta_file, checkpoint = models / "delta.safetensors", models / "model.pt"
-    metadata = json.loads((shared["work"] / BUNDLE / "configs" / "metadata.json").read_text())
+    # recorded in the run's metadata beside the checkpoint, not in the bundle's tracked configs/metadata.json
+    assert DELTA_RECORD_KEY not in json.loads((shared["work"] / BUNDLE / "configs" / "metadata.json").read_text())
+    metadata = json.loads((models / "metadata.json").read_text())
     record = metadata[DELTA_RECORD_KEY]
     assert record["sha256"] == sha256_of_file(delta_file)
     assert record["bytes"] == delta_file.stat().st_size < 0.1 * checkpoint.stat().st_size
@@ -116,6 +118,10 @@ def test_the_zip_is_self_contained_and_ships_the_delta_not_the_checkpoint(
     assert not any(isinstance(v, str) and v.startswith("%bundles") for v in inference.values())
     metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
     assert metadata["network_data_format"]["inputs"]["image"]["spatial_shape"] == [28, 28]
+    # the shared metadata carries the run's records (sparse set, delta) from models/metadata.json
+    run_metadata = json.loads((shared["work"] / BUNDLE / "models" / "metadata.json").read_text())
+    for key in ("sparse_trainable_set", DELTA_RECORD_KEY):
+        assert metadata[key] == run_metadata[key], key
     again = package_bundle(shared["work"] / BUNDLE, tmp_path / "again", macro_root=shared["work"])
     assert again.read_bytes() == shared["zip"].read_bytes() or _same_entries(again, shared["zip"])
 

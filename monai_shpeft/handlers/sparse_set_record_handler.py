@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -13,7 +12,7 @@ from monai.utils import min_version, optional_import
 from monai_shpeft.distributed import is_main_process
 from monai_shpeft.handlers.gradient_mask_handler import STATE_KEY
 from monai_shpeft.sparse_set import SparseTrainableSet
-from monai_shpeft.utils import atomic_write_json, sha256_of_file
+from monai_shpeft.utils import atomic_write_json, read_run_metadata, sha256_of_file
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 if TYPE_CHECKING:
@@ -32,11 +31,14 @@ COUNT_HEATMAP_TAG = "sparse_trainable_set/count_per_block_and_layer"
 
 
 class SparseSetRecordHandler:
-    """Write the sparse trainable set's record into ``metadata.json`` and draw where its weights sit.
+    """Write the sparse trainable set's record into the run's ``metadata.json`` and draw where its weights sit.
 
     The record holds the strategy, lambda, budget, selected count, ratio, counts per block, and the set's file
-    name and SHA-256, so a bundle's metadata says exactly which weights its model trains. The metadata file is
-    rewritten atomically (a run killed at any moment leaves the old or the new file). With ``tensorboard_dir``
+    name and SHA-256, so the metadata of the trained bundle says exactly which weights its model trains. It goes
+    into the run's copy of the bundle's metadata beside the checkpoint (``models/metadata.json``; started from
+    ``template_file`` the first time), never into the bundle's tracked ``configs/metadata.json``: a run leaves the
+    checkout as it was, and ``python -m monai_shpeft.zoo package`` puts the record into the shared bundle. The file
+    is written atomically (a run killed at any moment leaves the old or the new file). With ``tensorboard_dir``
     two heatmaps are logged as images: the trainable ratio and the number of trainable entries per block and
     layer type.
 
@@ -44,7 +46,9 @@ class SparseSetRecordHandler:
     main process only when training is distributed.
 
     Args:
-        metadata_file: the bundle's ``configs/metadata.json``.
+        metadata_file: the run's metadata file (the bundles: ``<ckpt_dir>/metadata.json``).
+        template_file: the bundle's ``configs/metadata.json``, copied into ``metadata_file`` when that does not
+            exist yet (read only).
         set_file: the saved set (its name and hash go into the record); ``None`` records no file.
         tensorboard_dir: where to log the heatmaps; ``None`` skips them.
         summary_writer: an existing ``SummaryWriter`` to log with instead of ``tensorboard_dir``.
@@ -54,10 +58,12 @@ class SparseSetRecordHandler:
         self,
         metadata_file: str | os.PathLike,
         set_file: str | os.PathLike | None = None,
+        template_file: str | os.PathLike | None = None,
         tensorboard_dir: str | os.PathLike | None = None,
         summary_writer: Any | None = None,
     ) -> None:
         self.metadata_file = Path(metadata_file)
+        self.template_file = Path(template_file) if template_file else None
         self.set_file = Path(set_file) if set_file else None
         self.tensorboard_dir = tensorboard_dir
         self.summary_writer = summary_writer
@@ -105,12 +111,7 @@ class SparseSetRecordHandler:
         if self.set_file is not None and self.set_file.is_file():
             record["file"] = self.set_file.name
             record["sha256"] = sha256_of_file(self.set_file)
-        try:
-            metadata = json.loads(self.metadata_file.read_text(encoding="utf-8"))
-        except FileNotFoundError as error:
-            raise FileNotFoundError(f"bundle metadata not found: {self.metadata_file}") from error
-        except json.JSONDecodeError as error:
-            raise ValueError(f"bundle metadata {self.metadata_file} is not valid JSON: {error}") from error
+        metadata = read_run_metadata(self.metadata_file, self.template_file)
         metadata[RECORD_KEY] = record
         atomic_write_json(self.metadata_file, metadata)
         self.logger.info("Recorded the sparse trainable set in %s.", self.metadata_file)

@@ -14,7 +14,7 @@ from monai.bundle import ConfigParser
 
 from monai_shpeft.delta import SparseDelta
 from monai_shpeft.importance import unwrap
-from monai_shpeft.utils import as_flag, atomic_write_json, sha256_of_file
+from monai_shpeft.utils import as_flag, atomic_write_json, read_run_metadata, sha256_of_file
 
 __all__ = ["DELTA_RECORD_KEY", "bundle_parser", "export_bundle_delta", "load_checkpoint", "recipe_of"]
 
@@ -142,7 +142,8 @@ def export_bundle_delta(
         overrides: the knobs used in training (``backbone``, ``pretrained``, ``image_size``, ...).
         ckpt_file: the trained checkpoint; defaults to ``<ckpt_dir>/model.pt``.
         delta_file: where to write; defaults to ``<ckpt_dir>/delta.safetensors``.
-        record: also record the delta (file, SHA-256, sizes, recipe) in the bundle's ``metadata_file``.
+        record: also record the delta (file, SHA-256, sizes, recipe) in the run's ``metadata_file``
+            (``models/metadata.json``, the bundle's tracked metadata is never written).
 
     Returns:
         the record: delta and checkpoint paths and sizes, their ratio, entry counts and the recipe.
@@ -192,10 +193,9 @@ def export_bundle_delta(
         len(delta.dense),
     )
     if record:
-        import json
-
+        # the run's metadata beside the checkpoint, started from the bundle's own if the run wrote none
         metadata_file = Path(parser.get_parsed_content("metadata_file"))
-        metadata = json.loads(metadata_file.read_text(encoding="utf-8"))
+        metadata = read_run_metadata(metadata_file, Path(bundle_dir) / "configs" / "metadata.json")
         metadata[DELTA_RECORD_KEY] = result
         atomic_write_json(metadata_file, metadata)
     return {**result, "path": str(delta_path), "checkpoint": str(ckpt_path)}

@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from monai_shpeft.delta import SparseDelta
+from monai_shpeft.handlers.sparse_set_record_handler import RECORD_KEY
 from monai_shpeft.utils import atomic_path, sha256_of_file
+from monai_shpeft.zoo.export import DELTA_RECORD_KEY
 
 __all__ = ["LARGE_FILES_NAME", "flatten_macros", "package_bundle", "package_name"]
 
@@ -29,6 +31,8 @@ logger = logging.getLogger(__name__)
 LARGE_FILES_NAME = "large_files.yml"
 #: files of models/ shipped in the package (the full checkpoint only on request)
 _SHIPPED_MODEL_FILES = ("delta.safetensors", "sparse_trainable_set.safetensors")
+#: keys a training run writes into its ``models/metadata.json``, carried into the packaged metadata
+_RUN_RECORD_KEYS = (RECORD_KEY, DELTA_RECORD_KEY)
 #: top-level knobs set from the delta's recipe in every config that has them
 _BAKED_KNOBS = ("backbone", "image_size", "method", "method_options", "tiny_backbone", "budget")
 #: a fixed timestamp for zip entries, so that packaging the same bundle twice gives the same bytes
@@ -122,7 +126,7 @@ def package_bundle(
             if config.name != "metadata.json":
                 content = _standalone_config(content, Path(macro_root), recipe)
             else:
-                content = _packaged_metadata(content, recipe)
+                content = _packaged_metadata(content, recipe, bundle / "models" / "metadata.json")
             (staging / "configs" / config.name).write_text(json.dumps(content, indent=4) + "\n", encoding="utf-8")
         for extra in ("configs/logging.conf", "LICENSE"):
             if (bundle / extra).is_file():
@@ -152,8 +156,11 @@ def _standalone_config(content: dict[str, Any], macro_root: Path, recipe: Mappin
     return flat
 
 
-def _packaged_metadata(metadata: dict[str, Any], recipe: Mapping[str, Any]) -> dict[str, Any]:
+def _packaged_metadata(metadata: dict[str, Any], recipe: Mapping[str, Any], run_file: Path) -> dict[str, Any]:
     packaged = dict(metadata)
+    if run_file.is_file():  # the training run's records (sparse set, delta) live beside its checkpoint
+        run = json.loads(run_file.read_text(encoding="utf-8"))
+        packaged.update({key: run[key] for key in _RUN_RECORD_KEYS if key in run})
     image_size = recipe.get("image_size")
     if image_size:
         for spec in packaged.get("network_data_format", {}).get("inputs", {}).values():
