@@ -1,19 +1,30 @@
-"""Small shared utilities: atomic file writes and file hashing."""
+"""Small shared utilities: atomic file writes, file hashing, flags, and where the running bundle lives."""
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import hashlib
+import inspect
 import json
 import os
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from monai_shpeft.errors import SettingsError
 
-__all__ = ["as_flag", "atomic_path", "atomic_write_json", "read_run_metadata", "read_safetensors", "sha256_of_file"]
+__all__ = [
+    "as_flag",
+    "atomic_path",
+    "atomic_write_json",
+    "config_bundle_root",
+    "read_run_metadata",
+    "read_safetensors",
+    "sha256_of_file",
+]
 
 
 @contextlib.contextmanager
@@ -162,3 +173,55 @@ def read_safetensors(path: str | os.PathLike, what: str) -> tuple[dict[str, str]
     except Exception as error:  # safetensors raises its own error types for corrupt files
         raise ValueError(f"{path} is not a readable safetensors file: {error}") from error
     return metadata, tensors
+
+
+def _bundle_folder(config_dir: Path) -> str:
+    """The bundle folder of a config folder: the parent of ``configs/``, else the folder itself."""
+    folder = config_dir.parent if config_dir.name == "configs" else config_dir
+    return os.fspath(folder) or "."
+
+
+def _config_file_argument(argv: Sequence[str]) -> str | None:
+    """The first file of a ``--config_file`` argument (a path, or a list written as a Python/JSON list)."""
+    for index, argument in enumerate(argv):
+        if argument == "--config_file" and index + 1 < len(argv):
+            value = argv[index + 1]
+        elif argument.startswith("--config_file="):
+            value = argument.split("=", 1)[1]
+        else:
+            continue
+        if value.strip().startswith("["):
+            with contextlib.suppress(ValueError, SyntaxError):
+                files = ast.literal_eval(value)
+                return str(files[0]) if files else None
+        return value.split(",")[0]
+    return None
+
+
+def config_bundle_root() -> str:
+    """The folder of the bundle being run: the parent of the ``configs/`` folder its first config file is in.
+
+    A bundle's configs set ``"bundle_root": "$monai_shpeft.utils.config_bundle_root()"``, so that a bundle runs the
+    same from its own folder (``--config_file configs/train.json`` gives ``.``), from the repository root
+    (``bundles/busi/configs/train.json`` gives ``bundles/busi``) and from a copy anywhere. The config files come
+    from MONAI's ``ConfigWorkflow`` that is resolving the expression (``python -m monai.bundle run`` and
+    ``monai.bundle.run`` both make one), else from ``--config_file`` on the command line (``ckpt_export`` and
+    ``verify_net_in_out`` read configs without a workflow); with neither, the working directory. An explicit
+    ``--bundle_root`` overrides the expression as usual.
+
+    Returns:
+        the bundle folder, relative when the config path was.
+    """
+    from monai.bundle import ConfigWorkflow
+
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            workflow = frame.f_locals.get("self")
+            if isinstance(workflow, ConfigWorkflow):
+                return _bundle_folder(Path(workflow.config_root_path))
+            frame = frame.f_back
+    finally:
+        del frame  # a frame kept alive would keep every local of the stack alive
+    config_file = _config_file_argument(sys.argv)
+    return _bundle_folder(Path(config_file).parent) if config_file else "."

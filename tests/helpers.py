@@ -84,10 +84,10 @@ def write_busi_folder(root: Path, per_class: int = 6, size: int = 40) -> Path:
 
 
 def copy_bundles(destination: Path, names: Sequence[str] = ("busi",)) -> Path:
-    """Copy the shared base configs and the named bundles, so runs write their metadata into the copy."""
+    """Copy the named (self-contained) bundles to ``<destination>/bundles``, so runs write into the copy."""
     import shutil
 
-    for name in ("_base", *names):
+    for name in names:
         shutil.copytree(
             REPO_ROOT / "bundles" / name,
             destination / "bundles" / name,

@@ -19,7 +19,6 @@ from monai_shpeft.zoo import (
     DELTA_RECORD_KEY,
     bundle_parser,
     check_bundle,
-    flatten_macros,
     load_checkpoint,
     package_bundle,
     parse_overrides,
@@ -103,7 +102,8 @@ def test_the_package_passes_the_model_zoo_checks(shared: dict[str, Path]) -> Non
     for check in ("archive", "files", "standalone", "metadata", "version", "sizes", "weights"):
         assert f"PASS  {check}" in output
     assert "PASS  verify_net_in_out" in output and "PASS  ckpt_export" in output
-    assert "9 of 9 checks passed" in output
+    assert "PASS  properties" in output and "PASS  inference" in output
+    assert "11 of 11 checks passed" in output
 
 
 def test_the_zip_is_self_contained_and_ships_the_delta_not_the_checkpoint(
@@ -114,15 +114,16 @@ def test_the_zip_is_self_contained_and_ships_the_delta_not_the_checkpoint(
     bundle = unpack(shared["zip"], tmp_path)
     assert (bundle / "models" / "delta.safetensors").is_file() and not (bundle / "models" / "model.pt").exists()
     inference = json.loads((bundle / "configs" / "inference.json").read_text())
-    assert inference["bundle_root"] == "." and inference["backbone"] == BACKBONE and inference["image_size"] == 28
-    assert not any(isinstance(v, str) and v.startswith("%bundles") for v in inference.values())
+    assert inference["bundle_root"] == "$monai_shpeft.utils.config_bundle_root()"
+    assert inference["backbone"] == BACKBONE and inference["image_size"] == 28
+    assert "%" not in json.dumps(inference)
     metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
     assert metadata["network_data_format"]["inputs"]["image"]["spatial_shape"] == [28, 28]
     # the shared metadata carries the run's records (sparse set, delta) from models/metadata.json
     run_metadata = json.loads((shared["work"] / BUNDLE / "models" / "metadata.json").read_text())
     for key in ("sparse_trainable_set", DELTA_RECORD_KEY):
         assert metadata[key] == run_metadata[key], key
-    again = package_bundle(shared["work"] / BUNDLE, tmp_path / "again", macro_root=shared["work"])
+    again = package_bundle(shared["work"] / BUNDLE, tmp_path / "again")
     assert again.read_bytes() == shared["zip"].read_bytes() or _same_entries(again, shared["zip"])
 
 
@@ -193,8 +194,12 @@ def _failures(path: Path) -> dict[str, str]:
 def test_check_names_what_a_model_zoo_would_refuse(shared: dict[str, Path], tmp_path: Path) -> None:
     bundle = unpack(shared["zip"], tmp_path / "ok")
     assert _failures(bundle) == {}
-    # the repository folder itself is not shareable: its configs point at bundles/_base
-    assert "refers to another file" in _failures(shared["work"] / BUNDLE)["standalone"]
+    # a config that reaches outside the bundle folder is refused
+    inference_file = bundle / "configs" / "inference.json"
+    inference = json.loads(inference_file.read_text())
+    inference_file.write_text(json.dumps(dict(inference, backbone="%../other/configs/train.json#backbone")))
+    assert "refers to another file" in _failures(bundle)["standalone"]
+    inference_file.write_text(json.dumps(inference))
 
     metadata_file = bundle / "configs" / "metadata.json"
     metadata = json.loads(metadata_file.read_text())
@@ -230,23 +235,6 @@ def test_check_names_what_a_model_zoo_would_refuse(shared: dict[str, Path], tmp_
     renamed = tmp_path / "busi_latest.zip"
     shutil.copy(shared["zip"], renamed)
     assert "should be named busi_v<version>.zip" in _failures(renamed)["archive"]
-
-
-def test_flatten_macros_inlines_other_files_and_refuses_bad_ones(tmp_path: Path) -> None:
-    (tmp_path / "base.json").write_text(
-        json.dumps({"a": {"b": [1, "%base.json#c"]}, "c": "@x", "loop": "%base.json#loop"})
-    )
-    assert flatten_macros({"k": "%base.json#a", "keep": "%#local", "ref": "@a"}, tmp_path) == {
-        "k": {"b": [1, "@x"]},
-        "keep": "%#local",
-        "ref": "@a",
-    }
-    with pytest.raises(FileNotFoundError, match=r"missing file"):
-        flatten_macros("%nothere.json#a", tmp_path)
-    with pytest.raises(KeyError, match=r"has no id 'zz'"):
-        flatten_macros("%base.json#zz", tmp_path)
-    with pytest.raises(ValueError, match=r"cyclic config macro"):
-        flatten_macros("%base.json#loop", tmp_path)
 
 
 def test_parse_overrides_reads_literals_like_monai_bundle() -> None:

@@ -27,7 +27,7 @@ from monai_shpeft.data.feature_cache import (
     feature_cache_for,
 )
 from monai_shpeft.data.isic2018 import ISIC2018_CLASSES, ISIC2018_LAYOUT, isic2018_datalist
-from monai_shpeft.data.layout import DATASETS, DatasetLayout, get_layout, register_layout
+from monai_shpeft.data.layout import DATASETS, DatasetLayout, check_layout_classes, get_layout, register_layout
 from monai_shpeft.data.limuc import LIMUC_CLASSES, LIMUC_LAYOUT, limuc_datalist
 from monai_shpeft.data.messidor2 import MESSIDOR2_CLASSES, MESSIDOR2_LAYOUT, messidor2_datalist
 from monai_shpeft.data.oct import OCT_CLASSES, OCT_LAYOUT, oct_datalist
@@ -86,6 +86,7 @@ __all__ = [
     "ddsm_datalist",
     "find_cross_split_duplicates",
     "find_duplicates",
+    "check_layout_classes",
     "get_layout",
     "isic2018_datalist",
     "kermany_datalist",

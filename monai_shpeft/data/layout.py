@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from monai_shpeft.errors import SettingsError
 
-__all__ = ["DATASETS", "DatasetLayout", "get_layout", "register_layout"]
+__all__ = ["DATASETS", "DatasetLayout", "check_layout_classes", "get_layout", "register_layout"]
 
 Items = list[dict]
 #: a lister returns labelled items, or the dataset's official parts ("training"/"validation"/"test") when it has them
@@ -52,3 +52,26 @@ def get_layout(name: str) -> DatasetLayout:
     if name not in DATASETS:
         raise SettingsError(f"unknown dataset '{name}'; known datasets: {sorted(DATASETS)}.")
     return DATASETS[name]
+
+
+def check_layout_classes(dataset: str, classes: Sequence[str]) -> list[str]:
+    """Check a bundle's ``classes`` knob against the labels its dataset layout gives, and return the classes.
+
+    The layout numbers its labels in its own class order; a bundle whose ``classes`` differ (another count, or
+    another order) would train a head whose outputs mean other classes than its metadata says.
+
+    Args:
+        dataset: a registered layout name.
+        classes: the bundle's class names, in label order.
+
+    Raises:
+        SettingsError: naming both class lists and the knob that fixes it.
+    """
+    expected = list(get_layout(dataset).classes)
+    if [str(name) for name in classes] != expected:
+        raise SettingsError(
+            f"dataset '{dataset}' labels its images as {expected} (in that order), but the bundle's classes knob "
+            f'is {list(classes)}; pass --classes "{expected}" with --dataset {dataset}, so the trained head, the '
+            "metadata and the predictions name the same classes."
+        )
+    return expected

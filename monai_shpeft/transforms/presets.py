@@ -43,6 +43,8 @@ from monai_shpeft.transforms.window import DicomWindowd
 
 __all__ = [
     "MODALITIES",
+    "MODALITY_RECIPES",
+    "ModalityRecipe",
     "NORMALIZATIONS",
     "modality_transform_config",
     "modality_transforms",
@@ -61,27 +63,29 @@ _AUGMENT_PROB = 0.5
 
 
 @dataclass(frozen=True)
-class _Recipe:
+class ModalityRecipe:
+    """The per-modality choices of a preset (read by the bundle templates of :mod:`monai_shpeft.zoo`)."""
+
     window: bool  # DicomWindowd (file's window, fallback scaling) instead of ScaleToUnitRanged
     scale_mode: str  # ScaleToUnitRange mode (the fallback when windowing)
     invert_monochrome1: bool
     flip_axes: tuple[int, ...]  # spatial axes flipped at random in training (1 = left-right)
 
 
-_RECIPES: dict[str, _Recipe] = {
-    "ultrasound": _Recipe(window=False, scale_mode="auto", invert_monochrome1=False, flip_axes=(1,)),
-    "ct": _Recipe(window=True, scale_mode="auto", invert_monochrome1=True, flip_axes=(1,)),
-    "xray": _Recipe(window=True, scale_mode="auto", invert_monochrome1=True, flip_axes=(1,)),
-    "mammography": _Recipe(window=True, scale_mode="percentile", invert_monochrome1=True, flip_axes=(1,)),
-    "oct": _Recipe(window=False, scale_mode="auto", invert_monochrome1=False, flip_axes=(1,)),
-    "fundus": _Recipe(window=False, scale_mode="auto", invert_monochrome1=False, flip_axes=(1,)),
-    "pathology": _Recipe(window=False, scale_mode="auto", invert_monochrome1=False, flip_axes=(1, 0)),
-    "dermoscopy": _Recipe(window=False, scale_mode="auto", invert_monochrome1=False, flip_axes=(1, 0)),
-    "endoscopy": _Recipe(window=False, scale_mode="auto", invert_monochrome1=False, flip_axes=(1,)),
+MODALITY_RECIPES: dict[str, ModalityRecipe] = {
+    "ultrasound": ModalityRecipe(window=False, scale_mode="auto", invert_monochrome1=False, flip_axes=(1,)),
+    "ct": ModalityRecipe(window=True, scale_mode="auto", invert_monochrome1=True, flip_axes=(1,)),
+    "xray": ModalityRecipe(window=True, scale_mode="auto", invert_monochrome1=True, flip_axes=(1,)),
+    "mammography": ModalityRecipe(window=True, scale_mode="percentile", invert_monochrome1=True, flip_axes=(1,)),
+    "oct": ModalityRecipe(window=False, scale_mode="auto", invert_monochrome1=False, flip_axes=(1,)),
+    "fundus": ModalityRecipe(window=False, scale_mode="auto", invert_monochrome1=False, flip_axes=(1,)),
+    "pathology": ModalityRecipe(window=False, scale_mode="auto", invert_monochrome1=False, flip_axes=(1, 0)),
+    "dermoscopy": ModalityRecipe(window=False, scale_mode="auto", invert_monochrome1=False, flip_axes=(1, 0)),
+    "endoscopy": ModalityRecipe(window=False, scale_mode="auto", invert_monochrome1=False, flip_axes=(1,)),
 }
 
 #: the modalities with a preset
-MODALITIES: tuple[str, ...] = tuple(_RECIPES)
+MODALITIES: tuple[str, ...] = tuple(MODALITY_RECIPES)
 
 
 def _target(cls: type) -> str:
@@ -108,7 +112,7 @@ def _steps(
     keys: KeysCollection,
 ) -> list[tuple[type, dict[str, Any]]]:
     name = str(modality).strip().lower()
-    if name not in _RECIPES:
+    if name not in MODALITY_RECIPES:
         raise ValueError(f"unknown modality '{modality}'; valid modalities: {list(MODALITIES)}.")
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
         raise ValueError(f"image_size must be a positive integer, got {image_size!r}.")
@@ -122,7 +126,7 @@ def _steps(
     if window is not None and (len(window) != 2 or not float(window[1]) > 0):
         raise ValueError(f"window must be (center, width) with width > 0, got {window}.")
     keys_ = keys if isinstance(keys, str) else list(keys)
-    recipe = _RECIPES[name]
+    recipe = MODALITY_RECIPES[name]
 
     steps: list[tuple[type, dict[str, Any]]] = [
         (LoadMedicalImaged, {"keys": keys_}),

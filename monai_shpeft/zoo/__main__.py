@@ -1,7 +1,9 @@
-"""``python -m monai_shpeft.zoo``: export a sparse delta, package a bundle, run the model-zoo checks.
+"""``python -m monai_shpeft.zoo``: render bundles from the template, export a delta, package, run the zoo's checks.
 
 Examples (from the repository root)::
 
+    python -m monai_shpeft.zoo sync_bundles            # rewrite bundles/*/configs from monai_shpeft/zoo/templates
+    python -m monai_shpeft.zoo sync_bundles --check    # exit 1 if a committed bundle differs from the template
     python -m monai_shpeft.zoo export_delta bundles/busi --backbone timm:vit_small_patch14_dinov2 \\
         --pretrained ../shared/weights/vit_small_patch14_dinov2.safetensors --image_size 112
     python -m monai_shpeft.zoo package bundles/busi --output_dir dist
@@ -18,6 +20,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from monai_shpeft.zoo.bundle_template import REPOSITORY_BUNDLES, stale_configs, write_configs
 from monai_shpeft.zoo.check import check_bundle, parse_overrides
 from monai_shpeft.zoo.export import export_bundle_delta
 from monai_shpeft.zoo.package import package_bundle
@@ -26,6 +29,10 @@ from monai_shpeft.zoo.package import package_bundle
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m monai_shpeft.zoo", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
+
+    sync = commands.add_parser("sync_bundles", help="render the repository's bundle configs from the template")
+    sync.add_argument("--bundles_dir", default="bundles", help="folder holding the repository's bundles")
+    sync.add_argument("--check", action="store_true", help="write nothing; exit 1 if a bundle is out of date")
 
     export = commands.add_parser("export_delta", help="write models/delta.safetensors for a trained bundle")
     export.add_argument("bundle_dir")
@@ -36,7 +43,6 @@ def _parser() -> argparse.ArgumentParser:
     package = commands.add_parser("package", help="build the model-zoo zip <name>_v<version>.zip")
     package.add_argument("bundle_dir")
     package.add_argument("--output_dir", default="dist")
-    package.add_argument("--macro_root", default=".", help="directory config macros are relative to (repo root)")
     package.add_argument("--include_checkpoint", action="store_true", help="also ship models/model.pt")
     package.add_argument("--checkpoint_url", default=None, help="list models/model.pt in large_files.yml")
 
@@ -59,6 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(arguments: argparse.Namespace, extra: list[str]) -> int:
+    if arguments.command == "sync_bundles":
+        return _sync_bundles(arguments.bundles_dir, arguments.check)
     if arguments.command == "export_delta":
         result = export_bundle_delta(
             arguments.bundle_dir,
@@ -79,7 +87,6 @@ def _run(arguments: argparse.Namespace, extra: list[str]) -> int:
         archive = package_bundle(
             arguments.bundle_dir,
             output_dir=arguments.output_dir,
-            macro_root=arguments.macro_root,
             include_checkpoint=arguments.include_checkpoint,
             checkpoint_url=arguments.checkpoint_url,
         )
@@ -93,6 +100,20 @@ def _run(arguments: argparse.Namespace, extra: list[str]) -> int:
     summary = f"{len(results) - len(failed)} of {len(results)} checks passed"
     print(summary + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
+
+
+def _sync_bundles(bundles_dir: str, check: bool) -> int:
+    if check:
+        stale = stale_configs(bundles_dir)
+        for path in stale:
+            print(f"out of date: {path}")
+        print(f"{len(stale)} bundle config(s) differ from the template" if stale else "every bundle is up to date")
+        return 1 if stale else 0
+    for name, spec in REPOSITORY_BUNDLES.items():
+        changed = write_configs(spec, f"{bundles_dir}/{name}")
+        names = f" ({', '.join(path.name for path in changed)})" if changed else ""
+        print(f"{name}: {len(changed)} file(s) rewritten{names}")
+    return 0
 
 
 if __name__ == "__main__":

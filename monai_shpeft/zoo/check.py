@@ -15,6 +15,12 @@ Each check reports PASS or FAIL with the reason:
    from the bundle's folder, with the metadata's input shape).
 9. ``ckpt_export``: ``python -m monai.bundle ckpt_export network_def`` writes TorchScript, and the TorchScript module
    gives the eager network's outputs.
+10. ``properties``: MONAI's ``ConfigWorkflow(configs/inference.json, workflow_type="infer")``, initialised, finds
+    every inference property (``monai.bundle.properties.InferProperties``) with the right ids.
+11. ``inference``: ``python -m monai.bundle run --config_file configs/inference.json`` predicts two generated images
+    from the bundle's folder and writes one row per image.
+
+Checks 8 to 11 are real subprocesses started in the bundle's folder, as a model zoo's CI runs them.
 """
 
 from __future__ import annotations
@@ -48,6 +54,17 @@ METADATA_SCHEMA = Path(__file__).with_name("metadata_schema.json")
 REQUIRED_FILES = ("configs/metadata.json", "configs/inference.json", "docs/README.md", "LICENSE")
 CONVENTION_FILES = ("configs/train.json", "configs/evaluate.json", "configs/logging.conf")
 _HASH_TYPES = ("md5", "sha1", "sha256", "sha512")
+_COMMAND_CHECKS = ("verify_net_in_out", "ckpt_export", "properties", "inference")
+#: run in the bundle's folder: initialise the inference workflow and list the properties it lacks
+_PROPERTIES_SCRIPT = """
+import json, sys
+from monai.bundle import ConfigWorkflow
+workflow = ConfigWorkflow(config_file="configs/inference.json", workflow_type="infer", **json.loads(sys.argv[1]))
+workflow.initialize()
+missing = workflow.check_properties()
+print("missing properties:", json.dumps(missing))
+sys.exit(1 if missing else 0)
+"""
 _ARCHIVE_NAME = re.compile(r"^(?P<name>[A-Za-z0-9_]+)_v(?P<version>[0-9][0-9A-Za-z.\-+]*)\.zip$")
 
 
@@ -135,8 +152,8 @@ def check_bundle(
                 results.extend(_check_network(bundle, metadata, list(overrides), device, timeout))
             else:
                 skipped = "skipped: fix the failures above first"
-                results.append(CheckResult("verify_net_in_out", False, skipped))
-                results.append(CheckResult("ckpt_export", False, skipped))
+                for name in _COMMAND_CHECKS:
+                    results.append(CheckResult(name, False, skipped))
     return results
 
 
@@ -317,7 +334,51 @@ def _check_network(
     else:
         results.append(CheckResult("verify_net_in_out", False, verify))
     results.append(_check_export(bundle, metadata, overrides, timeout))
+    with tempfile.TemporaryDirectory() as workdir:
+        images = _sample_images(Path(workdir) / "images", metadata)
+        results.append(_check_properties(bundle, overrides, images, Path(workdir) / "properties", timeout))
+        results.append(_check_inference(bundle, overrides, images, Path(workdir) / "inference", timeout))
     return results
+
+
+def _sample_images(folder: Path, metadata: dict[str, Any]) -> Path:
+    """Two RGB PNGs of the network's input size, written with PIL (a bundle's inference reads real files)."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    size = _input_shape(metadata)[2:]
+    rng = np.random.default_rng(0)
+    for index in range(2):
+        pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"sample_{index}.png")
+    return folder
+
+
+def _check_properties(bundle: Path, overrides: list[str], images: Path, output: Path, timeout: int) -> CheckResult:
+    knobs = {**parse_overrides(overrides), "input_dir": str(images), "output_dir": str(output)}
+    command = [sys.executable, "-c", _PROPERTIES_SCRIPT, json.dumps(knobs)]
+    try:
+        done = subprocess.run(command, cwd=bundle, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return CheckResult("properties", False, f"the inference workflow did not initialise in {timeout} s")
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    if done.returncode != 0:
+        found = [line for line in lines if line.startswith("missing properties:")]
+        return CheckResult("properties", False, found[-1] if found else (lines[-1] if lines else "no output"))
+    return CheckResult("properties", True, "the inference workflow has every InferProperties id")
+
+
+def _check_inference(bundle: Path, overrides: list[str], images: Path, output: Path, timeout: int) -> CheckResult:
+    arguments = ["run", "--config_file", "configs/inference.json", "--input_dir", str(images)]
+    failure = _run_bundle_command([*arguments, "--output_dir", str(output)], overrides, bundle, timeout)
+    if failure is not None:
+        return CheckResult("inference", False, failure)
+    predictions = output / "predictions.csv"
+    rows = predictions.read_text(encoding="utf-8").splitlines()[1:] if predictions.is_file() else []
+    if len(rows) != 2:
+        return CheckResult("inference", False, f"expected 2 predictions in {predictions}, found {len(rows)}")
+    return CheckResult("inference", True, f"2 images predicted ({rows[0].split(',')[1]}, {rows[1].split(',')[1]})")
 
 
 def _check_export(bundle: Path, metadata: dict[str, Any], overrides: list[str], timeout: int) -> CheckResult:

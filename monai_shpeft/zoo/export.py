@@ -33,9 +33,7 @@ def bundle_parser(
 ) -> ConfigParser:
     """Read a bundle's configs and metadata with MONAI's ``ConfigParser``, ``bundle_root`` set to ``bundle_dir``.
 
-    Repository bundles refer to the shared ``bundles/_base`` configs by paths relative to the repository root; those
-    macros are inlined from the folder holding ``bundles/``, so this works from any working directory. Packaged
-    bundles are self-contained.
+    Bundles are self-contained, so this works from any working directory.
 
     Args:
         bundle_dir: the bundle folder (holding ``configs/``).
@@ -48,18 +46,12 @@ def bundle_parser(
     Raises:
         FileNotFoundError: if a config file or the metadata is missing.
     """
-    from monai_shpeft.zoo.package import flatten_macros
-
     bundle = Path(bundle_dir)
     files = [bundle / "configs" / name for name in config_names]
     for path in [*files, bundle / "configs" / "metadata.json"]:
         if not path.is_file():
             raise FileNotFoundError(f"bundle file not found: {path}")
-    # a repository bundle's macros are relative to the folder holding bundles/, wherever this runs from
-    repository = bundle.resolve().parent.parent
-    macro_root = repository if (repository / "bundles" / "_base").is_dir() else Path.cwd()
-    merged = ConfigParser.load_config_files([str(path) for path in files])
-    parser = ConfigParser(flatten_macros(merged, macro_root))
+    parser = ConfigParser(ConfigParser.load_config_files([str(path) for path in files]))
     parser.read_meta(str(bundle / "configs" / "metadata.json"))
     parser["bundle_root"] = str(bundle)
     for key, value in (overrides or {}).items():

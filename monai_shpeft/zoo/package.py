@@ -1,10 +1,10 @@
 """Package a bundle folder into the self-contained zip a MONAI model zoo hosts (``<name>_v<version>.zip``).
 
-Repository bundles share their pipeline through ``%bundles/_base/configs/...`` macros, which only resolve from the
-repository root. The package inlines every such macro so that each config stands alone, sets ``bundle_root`` to
-``"."`` (commands run from the unpacked bundle's folder, as in the model zoo), bakes the trained network's recipe
-(backbone, input size, method) into the configs, ships the sparse delta instead of the full checkpoint, and lists the
-full checkpoint in ``large_files.yml`` when a download URL is given.
+A bundle folder is already self-contained (its configs are rendered from the shared template and resolve
+``bundle_root`` from their own location, see :mod:`monai_shpeft.zoo.bundle_template`). The package bakes the trained
+network's recipe (backbone, input size, method) into the configs, carries the run's records (sparse set, delta) into
+the shared metadata, ships the sparse delta instead of the full checkpoint, and lists the full checkpoint in
+``large_files.yml`` when a download URL is given.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from monai_shpeft.handlers.sparse_set_record_handler import RECORD_KEY
 from monai_shpeft.utils import atomic_path, sha256_of_file
 from monai_shpeft.zoo.export import DELTA_RECORD_KEY
 
-__all__ = ["LARGE_FILES_NAME", "flatten_macros", "package_bundle", "package_name"]
+__all__ = ["LARGE_FILES_NAME", "package_bundle", "package_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,50 +44,9 @@ def package_name(metadata: Mapping[str, Any], bundle_name: str) -> str:
     return f"{bundle_name}_v{metadata['version']}.zip"
 
 
-def flatten_macros(value: Any, root: Path, _seen: tuple[str, ...] = ()) -> Any:
-    """Replace every ``%<file>#<id>`` macro by the (recursively flattened) content it points to.
-
-    Macros inside one file (``%#id``) and references (``@id``) are kept: they resolve within the config.
-
-    Args:
-        value: a config value (dict, list or scalar).
-        root: the directory relative paths of macros are resolved from (the repository root for our bundles).
-
-    Returns:
-        the value without cross-file macros.
-
-    Raises:
-        FileNotFoundError: if a macro names a file that does not exist.
-        KeyError: if a macro names an id the file does not have.
-        ValueError: for a cycle of macros.
-    """
-    if isinstance(value, dict):
-        return {key: flatten_macros(item, root, _seen) for key, item in value.items()}
-    if isinstance(value, list):
-        return [flatten_macros(item, root, _seen) for item in value]
-    if not (isinstance(value, str) and value.startswith("%") and not value.startswith("%#")):
-        return value
-    file_part, _, id_part = value[1:].partition("#")
-    if value in _seen:
-        raise ValueError(f"cyclic config macro: {' -> '.join((*_seen, value))}")
-    path = (root / file_part).resolve()
-    if not path.is_file():
-        raise FileNotFoundError(f"config macro {value!r} names a missing file: {path}")
-    content: Any = json.loads(path.read_text(encoding="utf-8"))
-    for key in filter(None, id_part.split("#")):
-        if isinstance(content, list):
-            content = content[int(key)]
-        elif key in content:
-            content = content[key]
-        else:
-            raise KeyError(f"config macro {value!r}: {path} has no id '{id_part}'")
-    return flatten_macros(content, root, (*_seen, value))
-
-
 def package_bundle(
     bundle_dir: str | os.PathLike,
     output_dir: str | os.PathLike = "dist",
-    macro_root: str | os.PathLike = ".",
     include_checkpoint: bool = False,
     checkpoint_url: str | None = None,
 ) -> Path:
@@ -96,7 +55,6 @@ def package_bundle(
     Args:
         bundle_dir: the bundle (``configs/``, ``docs/``, ``LICENSE``, ``models/``).
         output_dir: where to write ``<name>_v<version>.zip``.
-        macro_root: the directory config macros are relative to (the repository root).
         include_checkpoint: also put ``models/model.pt`` in the zip (a model zoo refuses files over 25 MB).
         checkpoint_url: a public URL of ``models/model.pt``; it is then listed, with its SHA-256, in
             ``large_files.yml`` for ``python -m monai.bundle download_large_files``.
@@ -124,7 +82,7 @@ def package_bundle(
         for config in sorted((bundle / "configs").glob("*.json")):
             content = json.loads(config.read_text(encoding="utf-8"))
             if config.name != "metadata.json":
-                content = _standalone_config(content, Path(macro_root), recipe)
+                content = _baked_config(content, recipe)
             else:
                 content = _packaged_metadata(content, recipe, bundle / "models" / "metadata.json")
             (staging / "configs" / config.name).write_text(json.dumps(content, indent=4) + "\n", encoding="utf-8")
@@ -146,14 +104,12 @@ def package_bundle(
     return archive
 
 
-def _standalone_config(content: dict[str, Any], macro_root: Path, recipe: Mapping[str, Any]) -> dict[str, Any]:
-    flat = flatten_macros(content, macro_root)
-    if "bundle_root" in flat:
-        flat["bundle_root"] = "."
+def _baked_config(content: dict[str, Any], recipe: Mapping[str, Any]) -> dict[str, Any]:
+    baked = dict(content)
     for knob in _BAKED_KNOBS:
-        if knob in flat and knob in recipe:
-            flat[knob] = recipe[knob]
-    return flat
+        if knob in baked and knob in recipe:
+            baked[knob] = recipe[knob]
+    return baked
 
 
 def _packaged_metadata(metadata: dict[str, Any], recipe: Mapping[str, Any], run_file: Path) -> dict[str, Any]:
