@@ -1,0 +1,96 @@
+"""A bundle copied out of the repository runs from its own folder, as a model-zoo user runs it.
+
+``bundles/busi`` is copied alone into an empty temporary folder (no ``bundles/``, no repository around it); training,
+evaluation and inference are real ``python -m monai.bundle run --config_file configs/<file>.json`` subprocesses
+started inside the copy, and MONAI's own property checks (``ConfigWorkflow(...).check_properties()``, which the
+model zoo's CI runs) find every train and infer property.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from monai_shpeft.zoo import check_bundle
+from tests.helpers import REPO_ROOT, TINY_BUNDLE_ARGS, monai_bundle, run_command, write_busi_folder
+
+pytestmark = pytest.mark.filterwarnings("ignore:No hash value provided:UserWarning")
+
+#: run inside the bundle folder: initialise a workflow of one type and print the properties it lacks
+PROPERTIES_SCRIPT = """
+import json, sys
+from monai.bundle import ConfigWorkflow
+config_file, workflow_type, overrides = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+workflow = ConfigWorkflow(config_file=config_file, workflow_type=workflow_type, **overrides)
+workflow.initialize()
+print("missing:", json.dumps(workflow.check_properties()))
+"""
+TINY_OVERRIDES = {
+    "backbone": "timm:vit_small_patch14_dinov2",
+    "tiny_backbone": True,
+    "pretrained": None,
+    "image_size": 28,
+    "batch_size": 4,
+    "num_workers": 0,
+    "device": "cpu",
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of bundles/busi alone in an empty folder, trained for one epoch from inside it."""
+    root = tmp_path_factory.mktemp("standalone")
+    ignore = shutil.ignore_patterns("runs", "models")
+    bundle = Path(shutil.copytree(REPO_ROOT / "bundles" / "busi", root / "busi", ignore=ignore))
+    write_busi_folder(root / "data", per_class=8)
+    run_command(
+        monai_bundle("run", "--config_file", "configs/train.json", "--dataset_dir", "../data", "--max_epochs", "1")
+        + TINY_BUNDLE_ARGS,
+        cwd=bundle,
+    )
+    return bundle
+
+
+def test_the_copy_trains_evaluates_and_infers_from_its_own_folder(trained: Path) -> None:
+    assert (trained / "models" / "model.pt").is_file() and (trained / "runs" / "datalist.json").is_file()
+    assert not (trained / "configs" / "runs").exists() and not (trained.parent / "runs").exists()
+    evaluate = "['configs/train.json','configs/evaluate.json']"
+    run_command(monai_bundle("run", "--config_file", evaluate, "--dataset_dir", "../data") + TINY_BUNDLE_ARGS, trained)
+    metrics = (trained / "runs" / "eval" / "metrics.csv").read_text()
+    assert "test_f1" in metrics and "test_auc" in metrics
+    run_command(
+        monai_bundle("run", "--config_file", "configs/inference.json", "--input_dir", "../data/malignant")
+        + TINY_BUNDLE_ARGS,
+        trained,
+    )
+    with open(trained / "runs" / "predictions.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 8 and {row["predicted_class"] for row in rows} <= {"benign", "malignant", "normal"}
+
+
+@pytest.mark.parametrize(("config_file", "workflow_type"), [("train.json", "train"), ("inference.json", "infer")])
+def test_monai_finds_every_property_of_the_workflow(trained: Path, config_file: str, workflow_type: str) -> None:
+    import subprocess
+
+    overrides = {**TINY_OVERRIDES, "output_dir": f"runs_{workflow_type}_properties"}
+    overrides.update({"dataset_dir": "../data"} if workflow_type == "train" else {"input_dir": "../data/normal"})
+    done = subprocess.run(
+        [sys.executable, "-c", PROPERTIES_SCRIPT, f"configs/{config_file}", workflow_type, json.dumps(overrides)],
+        cwd=trained,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "missing: []" in done.stdout
+
+
+def test_the_trained_folder_passes_the_static_model_zoo_checks(trained: Path) -> None:
+    results = {r.name: r for r in check_bundle(trained, run_commands=False)}
+    for name in ("files", "standalone", "metadata", "version", "sizes", "weights"):
+        assert results[name].passed, results[name].line()
