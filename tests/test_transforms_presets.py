@@ -99,6 +99,7 @@ def test_default_size_is_224_for_every_modality(files):
     assert set(MODALITIES) == {"ultrasound", "ct", "xray", "mammography", "oct", "fundus", "pathology"} | {
         "dermoscopy",
         "endoscopy",
+        "natural",
     }
     for modality in MODALITIES:
         check_output(modality_transforms(modality)({"image": str(files["rgb8_jpeg"])})["image"], 224)

@@ -27,7 +27,16 @@ from monai_shpeft.data.feature_cache import (
     feature_cache_for,
 )
 from monai_shpeft.data.isic2018 import ISIC2018_CLASSES, ISIC2018_LAYOUT, isic2018_datalist
-from monai_shpeft.data.layout import DATASETS, DatasetLayout, check_layout_classes, get_layout, register_layout
+from monai_shpeft.data.layout import (
+    DATASETS,
+    GENERIC_LAYOUTS,
+    DatasetLayout,
+    check_layout_classes,
+    get_layout,
+    register_generic_layout,
+    register_layout,
+    resolve_layout,
+)
 from monai_shpeft.data.limuc import LIMUC_CLASSES, LIMUC_LAYOUT, limuc_datalist
 from monai_shpeft.data.messidor2 import MESSIDOR2_CLASSES, MESSIDOR2_LAYOUT, messidor2_datalist
 from monai_shpeft.data.oct import OCT_CLASSES, OCT_LAYOUT, oct_datalist
@@ -41,6 +50,14 @@ from monai_shpeft.data.pediatric_cxr import (
     pediatric_cxr_datalist,
 )
 from monai_shpeft.data.split import GroupSplitError, kfold_split, stratified_split
+from monai_shpeft.data.user_data import (
+    CSV_LAYOUT,
+    IMAGE_FOLDER_LAYOUT,
+    csv_classes,
+    csv_items,
+    image_folder_classes,
+    image_folder_items,
+)
 
 __all__ = [
     "FEATURE_CACHE_VERSION",
@@ -98,6 +115,15 @@ __all__ = [
     "pediatric_cxr_datalist",
     "prepare_datalist",
     "register_layout",
+    "register_generic_layout",
+    "resolve_layout",
+    "GENERIC_LAYOUTS",
+    "CSV_LAYOUT",
+    "IMAGE_FOLDER_LAYOUT",
+    "csv_classes",
+    "csv_items",
+    "image_folder_classes",
+    "image_folder_items",
     "stratified_split",
     "kfold_split",
     "GroupSplitError",

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from monai_shpeft.data.duplicates import DEFAULT_THRESHOLD, check_duplicate_mode, find_duplicates
-from monai_shpeft.data.layout import get_layout
+from monai_shpeft.data.layout import resolve_layout
 from monai_shpeft.data.split import GroupSplitError, check_folds, kfold_split, minimum_kfold_size, stratified_split
 from monai_shpeft.errors import DatasetFolderError, DatasetLayoutError, InputError, SettingsError
 from monai_shpeft.utils import atomic_write_json
@@ -40,6 +40,7 @@ def prepare_datalist(
     duplicate_threshold: int = DEFAULT_THRESHOLD,
     num_folds: int | None = None,
     fold: int = 0,
+    classes: Sequence[str] | None = None,
 ) -> dict[str, list[dict]]:
     """Return the split of a dataset, writing ``datalist_file`` if it does not exist yet.
 
@@ -69,6 +70,8 @@ def prepare_datalist(
             in one fold under ``"keep_together"``) instead of the ``fractions`` split: the test part is that fold,
             the validation part ``fractions[1]`` of all images drawn from the other folds. ``None``: no folds.
         fold: which fold is the test part, ``0 .. num_folds - 1``.
+        classes: the bundle's class names: checked against a registered dataset's, and the classes of a generic
+            layout (``image_folder``, ``csv``: a user's own data).
 
     Returns:
         the three parts.
@@ -89,7 +92,7 @@ def prepare_datalist(
         _check_reuse(path, seed, num_folds, fold)
         logger.info("Reusing the split in %s.", path)
         return load_datalist(path)
-    layout = get_layout(dataset)
+    layout = resolve_layout(dataset, classes)
     listed = layout.list_items(dataset_dir)
     where = f"{dataset} in {dataset_dir}"
     if isinstance(listed, dict) and num_folds is not None:  # refused before hashing, which takes long

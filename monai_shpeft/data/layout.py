@@ -8,7 +8,16 @@ from dataclasses import dataclass
 
 from monai_shpeft.errors import SettingsError
 
-__all__ = ["DATASETS", "DatasetLayout", "check_layout_classes", "get_layout", "register_layout"]
+__all__ = [
+    "DATASETS",
+    "GENERIC_LAYOUTS",
+    "DatasetLayout",
+    "check_layout_classes",
+    "get_layout",
+    "register_generic_layout",
+    "register_layout",
+    "resolve_layout",
+]
 
 Items = list[dict]
 #: a lister returns labelled items, or the dataset's official parts ("training"/"validation"/"test") when it has them
@@ -35,6 +44,8 @@ class DatasetLayout:
 
 
 DATASETS: dict[str, DatasetLayout] = {}
+#: layouts of a user's own data, whose classes are the bundle's ``classes`` knob: name -> classes -> layout
+GENERIC_LAYOUTS: dict[str, Callable[[tuple[str, ...]], DatasetLayout]] = {}
 
 
 def register_layout(layout: DatasetLayout) -> DatasetLayout:
@@ -50,8 +61,34 @@ def get_layout(name: str) -> DatasetLayout:
         ValueError: listing the known names if ``name`` is unknown.
     """
     if name not in DATASETS:
-        raise SettingsError(f"unknown dataset '{name}'; known datasets: {sorted(DATASETS)}.")
+        generic = f"; with the classes knob: {sorted(GENERIC_LAYOUTS)}" if GENERIC_LAYOUTS else ""
+        raise SettingsError(f"unknown dataset '{name}'; known datasets: {sorted(DATASETS)}{generic}.")
     return DATASETS[name]
+
+
+def register_generic_layout(name: str, factory: Callable[[tuple[str, ...]], DatasetLayout]) -> None:
+    """Add a layout whose classes are given by the bundle (``factory(classes)`` builds it)."""
+    GENERIC_LAYOUTS[name] = factory
+
+
+def resolve_layout(dataset: str, classes: Sequence[str] | None = None) -> DatasetLayout:
+    """The layout a bundle reads: a registered dataset (its classes checked against ``classes`` when given), or a
+    generic layout (``image_folder``, ``csv``) built with ``classes``.
+
+    Raises:
+        SettingsError: for an unknown name, a generic layout without classes, or classes the dataset does not have.
+    """
+    if dataset in GENERIC_LAYOUTS:
+        if not classes:
+            raise SettingsError(
+                f"dataset '{dataset}' takes its class names from the bundle's classes knob, which is empty; pass "
+                "--classes \"['first', 'second']\" in label order."
+            )
+        return GENERIC_LAYOUTS[dataset](tuple(str(name) for name in classes))
+    layout = get_layout(dataset)
+    if classes is not None:
+        check_layout_classes(dataset, classes)
+    return layout
 
 
 def check_layout_classes(dataset: str, classes: Sequence[str]) -> list[str]:
@@ -67,6 +104,8 @@ def check_layout_classes(dataset: str, classes: Sequence[str]) -> list[str]:
     Raises:
         SettingsError: naming both class lists and the knob that fixes it.
     """
+    if dataset in GENERIC_LAYOUTS:  # the knob is the definition
+        return [str(name) for name in classes]
     expected = list(get_layout(dataset).classes)
     if [str(name) for name in classes] != expected:
         raise SettingsError(

@@ -13,7 +13,8 @@ xray           file's VOI window, else auto scaling; MONOCHROME1 inverted
 mammography    file's VOI window, else 0.5-99.5 percentile scaling; MONOCHROME1 inverted
 ultrasound     auto scaling (8-bit / 255, 16-bit / max)
 oct, fundus,   auto scaling
-endoscopy
+endoscopy,
+natural
 pathology,     auto scaling; training also flips vertically (no canonical orientation)
 dermoscopy
 =============  =====================================================================================
@@ -82,6 +83,7 @@ MODALITY_RECIPES: dict[str, ModalityRecipe] = {
     "pathology": ModalityRecipe(window=False, scale_mode="auto", invert_monochrome1=False, flip_axes=(1, 0)),
     "dermoscopy": ModalityRecipe(window=False, scale_mode="auto", invert_monochrome1=False, flip_axes=(1, 0)),
     "endoscopy": ModalityRecipe(window=False, scale_mode="auto", invert_monochrome1=False, flip_axes=(1,)),
+    "natural": ModalityRecipe(window=False, scale_mode="auto", invert_monochrome1=False, flip_axes=(1,)),
 }
 
 #: the modalities with a preset

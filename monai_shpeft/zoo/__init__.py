@@ -1,6 +1,6 @@
 """Sharing bundles in a model zoo: bundles rendered from one template, sparse-delta export, zip packaging, checks.
 
-Command line: ``python -m monai_shpeft.zoo {sync_bundles,export_delta,package,check} ...`` (see ``--help``).
+Command line: ``python -m monai_shpeft.zoo {sync_bundles,new_bundle,export_delta,package,check} ...`` (see ``--help``).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from monai_shpeft.zoo.bundle_template import (
 )
 from monai_shpeft.zoo.check import MAX_FILE_BYTES, METADATA_SCHEMA, CheckResult, check_bundle, parse_overrides
 from monai_shpeft.zoo.export import DELTA_RECORD_KEY, bundle_parser, export_bundle_delta, load_checkpoint, recipe_of
+from monai_shpeft.zoo.new_bundle import new_bundle
 from monai_shpeft.zoo.package import LARGE_FILES_NAME, package_bundle, package_name
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "check_bundle",
     "export_bundle_delta",
     "load_checkpoint",
+    "new_bundle",
     "package_bundle",
     "package_name",
     "parse_overrides",

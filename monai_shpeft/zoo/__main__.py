@@ -4,6 +4,8 @@ Examples (from the repository root)::
 
     python -m monai_shpeft.zoo sync_bundles            # rewrite bundles/*/configs from monai_shpeft/zoo/templates
     python -m monai_shpeft.zoo sync_bundles --check    # exit 1 if a committed bundle differs from the template
+    python -m monai_shpeft.zoo new_bundle knee_xray --image_folder /data/knee --modality xray   # your own data
+    python -m monai_shpeft.zoo new_bundle skin --csv /data/skin/labels.csv --modality dermoscopy
     python -m monai_shpeft.zoo export_delta bundles/busi --backbone timm:vit_small_patch14_dinov2 \\
         --pretrained ../shared/weights/vit_small_patch14_dinov2.safetensors --image_size 112
     python -m monai_shpeft.zoo package bundles/busi --output_dir dist
@@ -20,9 +22,12 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from monai_shpeft.errors import ShpeftError
+from monai_shpeft.transforms import MODALITIES
 from monai_shpeft.zoo.bundle_template import REPOSITORY_BUNDLES, stale_configs, write_configs
 from monai_shpeft.zoo.check import check_bundle, parse_overrides
 from monai_shpeft.zoo.export import export_bundle_delta
+from monai_shpeft.zoo.new_bundle import new_bundle
 from monai_shpeft.zoo.package import package_bundle
 
 
@@ -33,6 +38,16 @@ def _parser() -> argparse.ArgumentParser:
     sync = commands.add_parser("sync_bundles", help="render the repository's bundle configs from the template")
     sync.add_argument("--bundles_dir", default="bundles", help="folder holding the repository's bundles")
     sync.add_argument("--check", action="store_true", help="write nothing; exit 1 if a bundle is out of date")
+
+    new = commands.add_parser("new_bundle", help="write a bundle folder for your own labelled images")
+    new.add_argument("name", help="the bundle's name and folder (letters, digits, underscores)")
+    source = new.add_mutually_exclusive_group(required=True)
+    source.add_argument("--image_folder", help="a folder with one subfolder of images per class")
+    source.add_argument("--csv", help="a CSV with columns image,label (paths relative to the CSV) and optional split")
+    new.add_argument("--modality", default="natural", choices=MODALITIES, help="the preset that reads the images")
+    new.add_argument("--classes", default=None, help="class names in label order, comma-separated (default: sorted)")
+    new.add_argument("--title", default=None, help="what the bundle classifies, for its descriptions")
+    new.add_argument("--output_dir", default=".", help="where the bundle folder is made")
 
     export = commands.add_parser("export_delta", help="write models/delta.safetensors for a trained bundle")
     export.add_argument("bundle_dir")
@@ -59,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments, extra = _parser().parse_known_args(argv)
     try:
         return _run(arguments, extra)
-    except (FileNotFoundError, ValueError, KeyError) as error:  # bad input: say what and where, no traceback
+    except (ShpeftError, FileNotFoundError, ValueError, KeyError) as error:  # bad input: what and where, no traceback
         print(f"error: {error}", file=sys.stderr)
         return 2
 
@@ -67,6 +82,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(arguments: argparse.Namespace, extra: list[str]) -> int:
     if arguments.command == "sync_bundles":
         return _sync_bundles(arguments.bundles_dir, arguments.check)
+    if arguments.command == "new_bundle":
+        bundle = new_bundle(
+            arguments.name,
+            image_folder=arguments.image_folder,
+            csv_file=arguments.csv,
+            modality=arguments.modality,
+            classes=[c.strip() for c in arguments.classes.split(",")] if arguments.classes else None,
+            output_dir=arguments.output_dir,
+            title=arguments.title,
+        )
+        print(f"{bundle}: train it with  cd {bundle} && python -m monai.bundle run --config_file configs/train.json")
+        return 0
     if arguments.command == "export_delta":
         result = export_bundle_delta(
             arguments.bundle_dir,
