@@ -68,9 +68,8 @@ def main(argv: list[str] | None = None) -> dict:
     config = ConfigParser()
     config.read_config(str(REPO / "bundles" / args.dataset / "configs" / "train.json"))
     config.update({"backbone": args.backbone, "image_size": args.image_size})
-    transform = Compose(
-        config.get_parsed_content("preprocessing#load") + config.get_parsed_content("preprocessing#normalize")
-    )
+    steps = config.get_parsed_content("modality_transforms")
+    transform = Compose(steps["load"] + steps["normalize"])
     network = build_classifier(args.backbone, 3, pretrained=args.weights, image_size=args.image_size)
     loader = DataLoader(Dataset(items, transform), batch_size=32, num_workers=0)
     features, labels = extract_features(network, loader, "cpu")

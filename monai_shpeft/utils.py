@@ -207,7 +207,8 @@ def config_bundle_root() -> str:
     from MONAI's ``ConfigWorkflow`` that is resolving the expression (``python -m monai.bundle run`` and
     ``monai.bundle.run`` both make one), else from ``--config_file`` on the command line (``ckpt_export`` and
     ``verify_net_in_out`` read configs without a workflow); with neither, the working directory. An explicit
-    ``--bundle_root`` overrides the expression as usual.
+    ``--bundle_root`` overrides the expression as usual; Python code that reads a bundle with a bare
+    ``ConfigParser`` sets ``parser["bundle_root"]`` itself (``monai_shpeft.zoo.bundle_parser`` does).
 
     Returns:
         the bundle folder, relative when the config path was.

@@ -378,6 +378,7 @@ def test_delta_for_another_number_of_classes_through_the_inference_config(tmp_pa
     parser = ConfigParser()
     parser.read_config(f"{BUNDLE}/configs/inference.json")
     parser.update({"backbone": TINY_TIMM, "tiny_backbone": True, "image_size": 28, "device": "$torch.device('cpu')"})
+    parser["bundle_root"] = BUNDLE  # a bare ConfigParser has no config path to find the bundle from
     with pytest.raises(RuntimeError) as info:
         parser.get_parsed_content("network_def")
     cause = info.value

@@ -124,3 +124,22 @@ def test_bundle_trains_on_a_tiny_copy_of_its_dataset(name: str, tmp_path: Path) 
     every_class = set(range(len(layout.classes)))
     for part in PARTS:
         assert {item["label"] for item in split[part]} == every_class, f"{part} lacks a class"
+
+
+@pytest.mark.parametrize("name", ALL_BUNDLES)
+def test_eval_metrics_are_unmeasured_or_those_of_a_committed_record(name: str) -> None:
+    """``eval_metrics`` is null where no evaluation was run here, else the figures of a committed record, which the
+    model card quotes too."""
+    metrics = json.loads((REPO_ROOT / "bundles" / name / "configs" / "metadata.json").read_text())["eval_metrics"]
+    card = (REPO_ROOT / "bundles" / name / "docs" / "README.md").read_text()
+    if metrics["macro_f1"] is None:
+        assert metrics["accuracy"] is None and metrics["auc_ovr"] is None
+        return
+    record = json.loads((REPO_ROOT / metrics["record"].split(" ")[0]).read_text())
+    assert metrics["command"] == record["command"]
+    measured = record["test_f1"]["best_f1"]  # the rule the README's main command uses
+    for key, figure in (("macro_f1", "f1"), ("accuracy", "accuracy"), ("auc_ovr", "auc")):
+        assert metrics[key] == round(measured[figure]["mean"], 3)
+        assert metrics[f"{key}_std"] == round(measured[figure]["std"], 3)
+        mean, std = 100 * measured[figure]["mean"], 100 * measured[figure]["std"]
+        assert f"{mean:.1f} +- {std:.1f}" in " ".join(card.split()), (key, mean, std)

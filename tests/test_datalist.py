@@ -147,13 +147,14 @@ def test_bundle_num_folds_and_fold_knobs_give_that_fold(tmp_path: Path, monkeypa
     """``--num_folds 3 --fold 1`` through the BUSI bundle's real train.json, read with MONAI's ConfigParser."""
     work = copy_bundles(tmp_path)
     root = write_busi_folder(work / "busi", per_class=10)
-    monkeypatch.chdir(work)  # the bundle's '%bundles/_base/...' macros are relative to the repository root
+    monkeypatch.chdir(work)
 
     def split_of(**knobs: object) -> dict[str, list[dict]]:
         """What ``--key value`` knobs on the command line do: update the parser, then parse the split."""
         parser = ConfigParser()
         parser.read_config("bundles/busi/configs/train.json")
         parser.update({"dataset_dir": "busi", "num_workers": 0, "device": "$torch.device('cpu')", **knobs})
+        parser["bundle_root"] = "bundles/busi"  # a bare ConfigParser has no config path to find the bundle from
         return parser.get_parsed_content("split")  # the split only: no network is built
 
     split = split_of(num_folds=3, fold=1)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from monai_shpeft.data import (
+    DatalistError,
     csv_classes,
     csv_items,
     image_folder_classes,
@@ -121,3 +122,6 @@ def test_generic_layouts_take_the_bundle_classes_and_split_like_any_dataset(tmp_
     record = json.loads((tmp_path / "datalist.json").read_text())
     assert record["dataset"] == "image_folder" and record["classes"] == ["a", "b"]
     assert {item["label"] for item in split["test"]} == {0, 1}
+    # a reused split whose recorded classes differ from the knob would name other classes: refused
+    with pytest.raises(DatalistError, match=r"labels its images as \['a', 'b'\], but the bundle's classes knob"):
+        prepare_datalist("image_folder", root, tmp_path / "datalist.json", classes=["b", "a"], duplicates="ignore")

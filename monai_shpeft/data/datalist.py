@@ -90,6 +90,7 @@ def prepare_datalist(
     path = Path(datalist_file)
     if path.is_file():
         _check_reuse(path, seed, num_folds, fold)
+        _check_recorded_classes(path, classes)
         logger.info("Reusing the split in %s.", path)
         return load_datalist(path)
     layout = resolve_layout(dataset, classes)
@@ -179,6 +180,22 @@ def _check_reuse(path: Path, seed: int, num_folds: int | None, fold: int) -> Non
             f"datalist {path} holds the split made with {made_with}, but this run asks for {asked_for}: "
             "reusing it would mix two splits. Delete it to split anew, or pass another --datalist_file (or "
             "--output_dir) for this split; to reuse it, pass the knobs it was made with."
+        )
+
+
+def _check_recorded_classes(path: Path, classes: Sequence[str] | None) -> None:
+    """Refuse a datalist whose recorded classes differ from the bundle's: its labels would name other classes."""
+    if classes is None:
+        return
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8")).get("classes")
+    except (OSError, ValueError, AttributeError):
+        return  # load_datalist reports a broken file with its own message
+    if recorded is not None and [str(c) for c in recorded] != [str(c) for c in classes]:
+        raise DatalistError(
+            f"datalist {path} labels its images as {list(recorded)}, but the bundle's classes knob is "
+            f'{list(classes)}; pass --classes "{list(recorded)}" to use this split, or delete the file to split '
+            "anew."
         )
 
 

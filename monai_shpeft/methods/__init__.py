@@ -60,6 +60,8 @@ __all__ = [
     "method_info",
     "resolve_learning_rates",
     "prepare_network",
+    "build_network",
+    "build_optimizer",
 ]
 
 logger = logging.getLogger(__name__)
@@ -319,3 +321,7 @@ def resolve_checkpoint_rule(method: str, checkpoint_rule: str | None = None) -> 
             f"{checkpoint_rule!r} (e.g. --checkpoint_rule average)."
         )
     return checkpoint_rule
+
+
+# the bundle components build on everything above (and on the backbones and FPT); imported last for that reason
+from monai_shpeft.methods.components import build_network, build_optimizer  # noqa: E402
