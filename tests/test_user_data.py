@@ -56,9 +56,9 @@ def test_bad_image_folders_name_the_problem(tmp_path: Path) -> None:
         image_folder_classes(one)
     empty = write_folder(tmp_path / "empty", {"a": 2, "b": 2})
     (empty / "c").mkdir()
-    with pytest.raises(DatasetLayoutError, match=r"class folder .*/c is empty"):
+    with pytest.raises(DatasetLayoutError, match=r"class folder .*/c holds no image"):
         image_folder_classes(empty)
-    with pytest.raises(DatasetLayoutError, match=r"\['c'\] that are not classes"):
+    with pytest.raises(DatasetLayoutError, match=r"\['c'\] that are not image folder classes"):
         image_folder_items(empty, ("a", "b"))
 
 

@@ -92,7 +92,7 @@ def test_bad_data_stop_with_the_problem_on_the_last_line(tmp_path: Path) -> None
     data = write_two_classes(tmp_path / "data", per_class=3)
     (data / "empty_class").mkdir()
     assert "class folder" in (line := _last_line_of_failure(["new_bundle", "a", "--image_folder", "data"], tmp_path))
-    assert "empty_class is empty" in line
+    assert "empty_class holds no image" in line
     one = write_two_classes(tmp_path / "one", per_class=2)
     (one / "lesion" / "lesion_00.png").unlink()
     (one / "lesion" / "lesion_01.png").unlink()

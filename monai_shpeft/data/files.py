@@ -70,6 +70,7 @@ def class_folder_items(
     expected: str,
     image_subfolder: str | None = None,
     is_mask: Callable[[Path], bool] | None = None,
+    recursive: bool = False,
 ) -> list[dict]:
     """List a ``<root>/<class>/[<image_subfolder>/]<image>`` layout as labelled items.
 
@@ -81,6 +82,7 @@ def class_folder_items(
         expected: a description of the layout, quoted when a folder is missing.
         image_subfolder: a folder inside each class folder that holds the images, when present (e.g. ``images``).
         is_mask: tells annotation files that sit beside the images (skipped).
+        recursive: also list images in folders inside a class folder (a user's own data).
 
     Returns:
         ``[{"image": path, "label": index}, ...]`` sorted by class then file name.
@@ -112,9 +114,9 @@ def class_folder_items(
             folder = folder / image_subfolder
         images = sorted(
             p
-            for p in folder.iterdir()
+            for p in (folder.rglob("*") if recursive else folder.iterdir())
             if p.is_file()
-            and p.suffix.lower() in allowed
+            and p.name.lower().endswith(tuple(allowed))
             and not p.name.startswith(".")
             and not (is_mask is not None and is_mask(p))
         )

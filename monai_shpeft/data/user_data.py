@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from monai_shpeft.data.datalist import IMAGE_SUFFIXES
+from monai_shpeft.data.files import class_folder_items
 from monai_shpeft.data.layout import DatasetLayout, register_generic_layout
 from monai_shpeft.errors import DatasetFolderError, DatasetLayoutError
 
@@ -37,11 +38,6 @@ CSV_LAYOUT = "csv"
 _REQUIRED_COLUMNS = ("image", "label")
 _PART_NAMES = {"training": "training", "train": "training", "validation": "validation", "val": "validation"}
 _PART_NAMES["test"] = "test"
-
-
-def _is_image(path: Path) -> bool:
-    name = path.name.lower()
-    return path.is_file() and not name.startswith(".") and name.endswith(IMAGE_SUFFIXES) and "_mask" not in name
 
 
 def _class_folders(root: Path) -> list[Path]:
@@ -81,25 +77,16 @@ def image_folder_items(dataset_dir: str | os.PathLike, classes: Sequence[str]) -
         DatasetLayoutError: for a subfolder that is not a class, or a class folder without images.
     """
     root = Path(dataset_dir)
-    unknown = sorted(folder.name for folder in _class_folders(root) if folder.name not in classes)
-    if unknown:
-        raise DatasetLayoutError(
-            f"{root} has folder(s) {unknown} that are not classes of this bundle {list(classes)}: move them out, or "
-            "make a bundle with these classes (python -m monai_shpeft.zoo new_bundle)."
-        )
-    items: list[dict] = []
-    for label, name in enumerate(classes):
-        folder = root / name
-        if not folder.is_dir():
-            raise DatasetFolderError(f"class folder missing: {folder} (this bundle's classes are {list(classes)}).")
-        images = sorted(path for path in folder.rglob("*") if _is_image(path))
-        if not images:
-            raise DatasetLayoutError(
-                f"class folder {folder} is empty: it holds no image ({', '.join(IMAGE_SUFFIXES)}). Add its images, "
-                "or remove the folder if the class is not wanted."
-            )
-        items.extend({"image": str(path), "label": label} for path in images)
-    return items
+    _class_folders(root)
+    return class_folder_items(
+        root,
+        classes,
+        "image folder",
+        IMAGE_SUFFIXES,
+        expected=f"one subfolder per class {list(classes)} under {root}",
+        is_mask=lambda path: path.name.startswith(".") or "_mask" in path.name.lower(),
+        recursive=True,
+    )
 
 
 def _read_rows(csv_file: Path) -> list[tuple[int, dict[str, str]]]:
