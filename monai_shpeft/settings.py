@@ -7,6 +7,8 @@ The bundles call :func:`check_settings` as their first ``initialize`` step (afte
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from monai_shpeft.amp import resolve_amp
@@ -22,6 +24,8 @@ __all__ = ["check_settings"]
 
 # the budget only needs a count to compare with; the real number of weights is checked when the set is chosen
 _ANY_COUNT = 10**12
+
+logger = logging.getLogger(__name__)
 
 
 def check_settings(
@@ -40,6 +44,8 @@ def check_settings(
     slice_policy: int | str = "middle",
     batch_size: int | None = None,
     checkpoint_rule: str | None = None,
+    max_epochs: int | None = None,
+    fpt_max_epochs: int | None = None,
 ) -> None:
     """Check the knobs of a run that can be checked without data, before anything is built or read.
 
@@ -59,6 +65,8 @@ def check_settings(
         slice_policy: how a volume becomes 2-D (:class:`~monai_shpeft.transforms.VolumeToImage`).
         batch_size: the ``batch_size`` knob (checked against the training part later, once the split exists).
         checkpoint_rule: the ``checkpoint_rule`` knob (``None``: the method's default).
+        max_epochs: the classifier methods' epochs (the ``max_epochs`` knob).
+        fpt_max_epochs: FPT's epochs (the ``fpt_max_epochs`` knob).
 
     Raises:
         SettingsError: naming the first knob whose value cannot work, and a value that does.
@@ -73,8 +81,18 @@ def check_settings(
     if num_folds is not None:
         check_folds(num_folds, fold)
     resolve_learning_rates(method, learning_rate, head_learning_rate)
+    for name, value in (("max_epochs", max_epochs), ("fpt_max_epochs", fpt_max_epochs)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise SettingsError(f"{name} must be a whole number >= 1, got {value!r} (e.g. --{name} 20).")
     patch = patch_size_of(backbone)
     if method == "fpt":
+        if fpt_max_epochs is not None and max_epochs is not None and fpt_max_epochs != max_epochs:
+            # said up front: a --max_epochs from a classifier's command line does not shorten FPT's schedule
+            logger.info(
+                "FPT trains for fpt_max_epochs=%d epochs (max_epochs=%d is the classifier methods' knob).",
+                fpt_max_epochs,
+                max_epochs,
+            )
         check_image_size(fpt_image_size, patch, "fpt_image_size", backbone)
         check_image_size(fpt_side_image_size, patch, "fpt_side_image_size", backbone)
         if fpt_side_image_size > fpt_image_size:

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from monai_shpeft.benchmark import DEFAULT_PROTOCOL, PROTOCOLS, RunSpec, expand_runs, paired_differences, summarize
-from monai_shpeft.benchmark.__main__ import build_parser, main
+from monai_shpeft.benchmark.__main__ import build_parser, main, protocol_from_args
 from monai_shpeft.benchmark.report import METRICS, efficiency_score, markdown_table, paired_table
 from monai_shpeft.benchmark.runner import BenchmarkRunner, format_duration
 from monai_shpeft.benchmark.worker import bundle_overrides
@@ -80,6 +80,7 @@ def test_the_cpu_protocol_is_the_bundles_recipe_and_the_default() -> None:
     cpu = PROTOCOLS["cpu"]
     assert (cpu.image_size, cpu.fpt_image_size, cpu.fpt_side_image_size) == (112, 224, 112)
     assert (cpu.epochs, cpu.batch_size, cpu.val_interval, cpu.estimation_iterations) == (5, 32, 1, None)
+    assert cpu.fpt_epochs == 20  # FPT's side network starts from random weights (benchmarks/fpt_recipe.py)
     assert cpu.learning_rates == DEFAULT_LEARNING_RATES and cpu.head_learning_rate is None
     assert cpu.head_learning_rates == DEFAULT_HEAD_LEARNING_RATES
     assert (cpu.weight_decay, cpu.amp, cpu.head_warmup, cpu.validate_warmup) == (0.0, "auto", "lbfgs", True)
@@ -121,6 +122,15 @@ def test_the_worker_passes_every_recipe_knob_and_the_fold_to_the_bundle() -> Non
     assert bundle_overrides(_job(head_learning_rate=0.5))["head_learning_rate"] == 0.5
     quick = bundle_overrides(_job("quick"))
     assert (quick["head_warmup"], quick["head_logit_scale"], quick["head_learning_rate"]) == ("none", 1.0, 0.1)
+
+
+def test_fpt_trains_for_its_own_epochs_and_the_command_line_can_set_them() -> None:
+    assert (bundle_overrides(_job())["max_epochs"], bundle_overrides(_job(method="fpt"))["fpt_max_epochs"]) == (5, 20)
+    assert bundle_overrides(_job("quick", method="fpt"))["fpt_max_epochs"] == 3  # no fpt_epochs: the protocol's
+    # --epochs sets every method's epochs, FPT's included, unless --fpt_epochs says otherwise
+    for argv, expected in ((["--epochs", "2"], (2, 2)), (["--epochs", "2", "--fpt_epochs", "7"], (2, 7))):
+        protocol = protocol_from_args(build_parser().parse_args(["--output_dir", "x", *argv]))
+        assert (protocol.epochs, protocol.fpt_epochs) == expected
 
 
 def test_folds_give_every_run_its_own_key_and_keep_the_label() -> None:

@@ -57,17 +57,20 @@ def _train(work: Path, bundle: str, dataset_dir: str, *extra: str) -> str:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """Two FPT epochs with feature preloading on a tiny BUSI folder; returns the work folder and the log."""
+    """Two FPT epochs with feature preloading on a tiny BUSI folder; returns the work folder and the log.
+
+    ``--max_epochs 7`` is the classifier methods' knob: FPT's schedule is ``fpt_max_epochs``.
+    """
     work = copy_bundles(tmp_path_factory.mktemp("fpt"))
     write_busi_folder(work / "busi", per_class=10)
-    return work, _train(work, BUNDLE, "busi", "--max_epochs", "2")
+    return work, _train(work, BUNDLE, "busi", "--max_epochs", "7", "--fpt_max_epochs", "2")
 
 
 def _cache_entries(work: Path) -> list[Path]:
     return sorted((work / BUNDLE / "runs" / "feature_cache").glob("*/*/*.safetensors"))
 
 
-def test_training_preloads_train_and_validation_features_and_keys_on_auc(trained: tuple[Path, str]) -> None:
+def test_training_preloads_train_and_validation_features_and_keys_on_f1(trained: tuple[Path, str]) -> None:
     work, log = trained
     split = json.loads((work / BUNDLE / "runs" / "datalist.json").read_text())
     assert len(_cache_entries(work)) == len(split["training"]) + len(split["validation"])
@@ -75,7 +78,9 @@ def test_training_preloads_train_and_validation_features_and_keys_on_auc(trained
     identity = json.loads(manifest.read_text())
     assert identity["backbone"] == "timm:vit_small_patch14_dinov2" and identity["token_ratio"] == 0.2
     assert identity["dtype"] == "float16" and identity["image_size"] == 56
-    assert "Key metric: val_auc" in log  # AUC, FPT's metric, picks the checkpoint
+    assert "Key metric: val_f1" in log  # macro-F1 picks the checkpoint, as for every method
+    assert "FPT trains for fpt_max_epochs=2 epochs (max_epochs=7" in log
+    assert "Epoch[2] Metrics" in log and "Epoch[3] Metrics" not in log
     assert "sparse_trainable_set" not in json.loads((work / BUNDLE / "configs" / "metadata.json").read_text())
 
     state = torch.load(work / BUNDLE / "models" / "model.pt", map_location="cpu", weights_only=True)
@@ -86,7 +91,7 @@ def test_training_preloads_train_and_validation_features_and_keys_on_auc(trained
 def test_a_second_run_reuses_the_cache(trained: tuple[Path, str]) -> None:
     work, _ = trained
     before = {p: p.stat().st_mtime_ns for p in _cache_entries(work)}
-    log = _train(work, BUNDLE, "busi", "--max_epochs", "1")
+    log = _train(work, BUNDLE, "busi", "--fpt_max_epochs", "1")
     assert "0 computed" in log
     assert {p: p.stat().st_mtime_ns for p in _cache_entries(work)} == before
 
@@ -149,9 +154,9 @@ def test_verify_net_in_out_with_a_single_high_resolution_image(tmp_path: Path) -
 def test_without_preloading_no_cache_is_written(tmp_path: Path, switch_off: str) -> None:
     work = copy_bundles(tmp_path)
     write_busi_folder(work / "busi", per_class=10)
-    log = _train(work, BUNDLE, "busi", "--max_epochs", "1", "--preload_features", switch_off)
+    log = _train(work, BUNDLE, "busi", "--fpt_max_epochs", "1", "--preload_features", switch_off)
     assert not (work / BUNDLE / "runs" / "feature_cache").exists()
-    assert "Key metric: val_auc" in log
+    assert "Key metric: val_f1" in log
 
 
 #: the FPT paper's datasets: bundle -> writer of a tiny copy in the published layout, returning --dataset_dir
@@ -167,8 +172,8 @@ FPT_PAPER_BUNDLES: dict[str, Callable[[Path], Path]] = {
 def test_fpt_paper_bundles_train_with_preloading(name: str, tmp_path: Path) -> None:
     work = copy_bundles(tmp_path, names=(name,))
     dataset_dir = FPT_PAPER_BUNDLES[name](work / "data")
-    log = _train(work, f"bundles/{name}", str(dataset_dir.relative_to(work)), "--max_epochs", "1")
-    assert "Key metric: val_auc" in log
+    log = _train(work, f"bundles/{name}", str(dataset_dir.relative_to(work)), "--fpt_max_epochs", "1")
+    assert "Key metric: val_f1" in log
     assert (work / "bundles" / name / "models" / "model.pt").is_file()
     assert list((work / "bundles" / name / "runs" / "feature_cache").glob("*/*/*.safetensors"))
 
@@ -180,7 +185,16 @@ def test_two_process_gloo_training_shares_the_preloaded_cache(tmp_path: Path) ->
     multi = f"['{TRAIN}','{BUNDLE}/configs/multi_gpu_train.json']"
     output = run_command(
         torchrun_bundle(
-            2, 29523, "--config_file", multi, "--dataset_dir", "busi", "--max_epochs", "1", *TINY_BUNDLE_ARGS, *FPT_ARGS
+            2,
+            29523,
+            "--config_file",
+            multi,
+            "--dataset_dir",
+            "busi",
+            "--fpt_max_epochs",
+            "1",
+            *TINY_BUNDLE_ARGS,
+            *FPT_ARGS,
         ),
         cwd=work,
     )

@@ -11,7 +11,14 @@ from dataclasses import asdict
 from pathlib import Path
 
 from monai_shpeft.amp import AMP_CHOICES
-from monai_shpeft.benchmark.protocols import DEFAULT_PROTOCOL, PROTOCOLS, SHPEFT_BUDGETS, expand_runs, with_overrides
+from monai_shpeft.benchmark.protocols import (
+    DEFAULT_PROTOCOL,
+    PROTOCOLS,
+    SHPEFT_BUDGETS,
+    Protocol,
+    expand_runs,
+    with_overrides,
+)
 from monai_shpeft.benchmark.report import write_report
 from monai_shpeft.benchmark.runner import BenchmarkRunner
 from monai_shpeft.methods import METHODS
@@ -59,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bundle", default=None, help="bundle folder (default bundles/<dataset>)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--num_workers", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=None, help="override the protocol's epochs")
+    parser.add_argument("--epochs", type=int, default=None, help="override the protocol's epochs (FPT's too)")
+    parser.add_argument("--fpt_epochs", type=int, default=None, help="override FPT's epochs (default: the protocol's)")
     parser.add_argument("--batch_size", type=int, default=None, help="override the protocol's batch size")
     parser.add_argument("--image_size", type=int, default=None, help="override the protocol's image size")
     parser.add_argument("--fpt_image_size", type=int, default=None)
@@ -105,20 +113,15 @@ def _learning_rates(defaults: dict[str, float], text: str | None) -> dict[str, f
     return rates
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark.
+def protocol_from_args(args: argparse.Namespace) -> Protocol:
+    """The protocol named by ``--protocol`` with the command line's overrides.
 
-    Args:
-        argv: command-line arguments.
-
-    Returns:
-        0 when every run succeeded, 1 otherwise.
+    ``--epochs`` sets every method's epochs, FPT's included, unless ``--fpt_epochs`` is given too.
     """
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    protocol = with_overrides(
+    return with_overrides(
         PROTOCOLS[args.protocol],
         epochs=args.epochs,
+        fpt_epochs=args.fpt_epochs if args.fpt_epochs is not None else args.epochs,
         batch_size=args.batch_size,
         image_size=args.image_size,
         fpt_image_size=args.fpt_image_size,
@@ -130,6 +133,20 @@ def main(argv: list[str] | None = None) -> int:
         head_warmup=args.head_warmup,
         learning_rates=_learning_rates(PROTOCOLS[args.protocol].learning_rates, args.learning_rates),
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark.
+
+    Args:
+        argv: command-line arguments.
+
+    Returns:
+        0 when every run succeeded, 1 otherwise.
+    """
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    protocol = protocol_from_args(args)
     output_dir = Path(args.output_dir)
     if args.report_only:
         return _report_only(output_dir, args.title, args.reference)

@@ -19,9 +19,11 @@ class Protocol:
     """One training budget shared by every method, plus per-method learning rates.
 
     Every method trains for the same epochs, batch size, image size, optimizer (AdamW with a warm-up and cosine
-    schedule), head warm-up (LP-FT) and seed; only the learning rate differs, as each method's own paper tunes it.
-    The classification head uses ``head_learning_rate`` in every method but FPT (whose head is inside the side
-    network). The checkpoint kept is the one with the best validation key metric (macro-F1; AUC for FPT), validated
+    schedule), head warm-up (LP-FT) and seed; only the learning rate differs, as each method's own paper tunes it,
+    and FPT's epochs may (``fpt_epochs``: its side network starts from random weights, and with preloaded features
+    its epochs cost a fraction of the others'). The classification head uses ``head_learning_rate`` in every method
+    but FPT (whose head is inside the side network). The checkpoint kept is the one with the best validation
+    macro-F1, validated
     every ``val_interval`` epochs and, with ``validate_warmup``, once after the head warm-up ("epoch 0", the
     checkpoint fine-tuning must beat); the test split is used once, at the end.
 
@@ -30,7 +32,7 @@ class Protocol:
         image_size: input size of every classifier method.
         fpt_image_size: the frozen backbone's (high-resolution) input size in FPT.
         fpt_side_image_size: the side network's input size in FPT.
-        epochs: training epochs of every method.
+        epochs: training epochs of every method (FPT: ``fpt_epochs`` when set).
         batch_size: mini-batch size of every method.
         val_interval: validate every this many epochs.
         estimation_iterations: mini-batches of the SH-PEFT / SPT / GPS estimation (``None``: one epoch, the paper's).
@@ -51,6 +53,7 @@ class Protocol:
         lr_warmup_fraction: fraction of the iterations with a linear learning-rate warm-up before the cosine decay.
         checkpoint_rule: ``"best"`` or ``"average"`` weights kept (``None``: each method's default,
             :data:`monai_shpeft.methods.DEFAULT_CHECKPOINT_RULES`).
+        fpt_epochs: FPT's training epochs (the bundles' ``fpt_max_epochs``); ``None``: ``epochs``.
     """
 
     name: str
@@ -72,6 +75,7 @@ class Protocol:
     head_logit_scale: float = 100.0
     lr_warmup_fraction: float = 0.1
     checkpoint_rule: str | None = None
+    fpt_epochs: int | None = None
 
     def learning_rate(self, method: str) -> float:
         """The learning rate of ``method``: the protocol's, else the bundles' default (``DEFAULT_LEARNING_RATES``)."""
@@ -132,8 +136,10 @@ PROTOCOLS: dict[str, Protocol] = {
         head_learning_rates=dict(DEFAULT_HEAD_LEARNING_RATES),
         weight_decay=0.0,
         amp="auto",
+        fpt_epochs=20,
         description=(
-            "The bundles' recipe on a 2-core CPU: 112 px (FPT: 224 px frozen, 112 px side), 5 epochs, batch 32, the "
+            "The bundles' recipe on a 2-core CPU: 112 px (FPT: 224 px frozen, 112 px side), 5 epochs (FPT: 20, the "
+            "bundles' fpt_max_epochs, its side network starting from random weights), batch 32, the "
             "head first fitted as a logistic-regression probe on frozen features (LP-FT) and validated as epoch 0, "
             "so fine-tuning must beat it; then AdamW (no weight decay) with a 10% linear warm-up and a cosine "
             "schedule at each method's default learning rates (monai_shpeft.methods.DEFAULT_LEARNING_RATES; the "

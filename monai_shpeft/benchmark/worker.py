@@ -49,6 +49,12 @@ def learning_rates(job: dict[str, Any]) -> tuple[float, float | None]:
     return (backbone, None) if method == "fpt" else (backbone, head)
 
 
+def _epochs(method: str, protocol: dict[str, Any]) -> int:
+    """The epochs ``method`` trains for under ``protocol`` (a :class:`Protocol` as a dict): FPT's own when set."""
+    fpt_epochs = protocol.get("fpt_epochs")
+    return int(fpt_epochs) if method == "fpt" and fpt_epochs is not None else int(protocol["epochs"])
+
+
 def bundle_overrides(job: dict[str, Any]) -> dict[str, Any]:
     """The bundle knobs of one run: the shared protocol, the method and its settings, the fold, and where files go.
 
@@ -80,6 +86,7 @@ def bundle_overrides(job: dict[str, Any]) -> dict[str, Any]:
         "method_options": dict(run.get("options") or {}),
         "image_size": protocol["image_size"],
         "max_epochs": protocol["epochs"],
+        "fpt_max_epochs": _epochs(method, protocol),
         "batch_size": protocol["batch_size"],
         "val_interval": protocol["val_interval"],
         "optimizer_name": "adamw",
@@ -185,7 +192,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         "memory_source": meter.source,
         "train_seconds": train_seconds,
         "eval_seconds": eval_seconds,
-        "epochs": job["protocol"]["epochs"],
+        "epochs": _epochs(job["run"]["method"], job["protocol"]),
         "learning_rate": learning_rate,
         "head_learning_rate": head_learning_rate,
         "best_validation": {"metric": key_metric, "value": float(best_value), "epoch": best_epoch},

@@ -91,12 +91,12 @@ def build_optimizer(
     head_learning_rate: float | str | None = None,
     momentum: float = 0.9,
     weight_decay: float = 0.0,
-    fpt_learning_rate: float = 5e-4,
-    fpt_weight_decay: float = 0.05,
+    fpt_learning_rate: float = 3e-3,
+    fpt_weight_decay: float = 0.0,
 ) -> torch.optim.Optimizer:
     """The optimizer of ``method``.
 
-    FPT trains its side network, prompts and head with AdamW at ``fpt_learning_rate`` (the paper's recipe). A
+    FPT trains its side network, prompts and head with AdamW (the paper's optimizer) at ``fpt_learning_rate``. A
     classifier method trains the backbone's trainable weights at the method's rate and the head at its own
     (:func:`~monai_shpeft.methods.resolve_learning_rates`), with AdamW or SGD (momentum ``momentum``).
 
