@@ -1,13 +1,13 @@
 """FPT's learning rate and schedule on a CPU, chosen on validation parts only (frozen features preloaded).
 
-FPT's side network starts from random weights. With the benchmark's ``cpu`` protocol (5 epochs of 18 steps at
-5e-4) it never left the majority class on any BUSI fold (test macro-F1 0.24). This script trains the bundle's own FPT
-network (built by the bundle's config, the frozen branch read from the bundle's feature cache) on the training part
+FPT's side network starts from random weights. With the benchmark's ``cpu`` protocol (5 epochs of 18 steps at 5e-4) it
+never left the majority class on the four BUSI folds it ran (test macro-F1 0.24). This script trains the bundle's own
+FPT network (built by the bundle's config, the frozen branch read from the bundle's feature cache) on the training part
 of each fold of the bundle's k-fold split and scores every epoch on that fold's validation part; the test parts are
-never read. Each setting is a dict of ``lr``, ``epochs`` and optionally ``wd`` (AdamW weight decay) and ``ls``
-(label smoothing). The loop is the bundle's recipe (AdamW, 10% linear warm-up then cosine, batch 32, horizontal
-flips of the side image), kept in memory so that a setting takes minutes rather than the bundle's data loading: the
-chosen setting is then run through the bundle by ``python -m monai_shpeft.benchmark --methods fpt``.
+never read. Each setting is a dict of ``lr``, ``epochs`` and optionally ``wd`` (AdamW weight decay) and ``ls`` (label
+smoothing). The loop follows the bundle's recipe (AdamW, 10% linear warm-up then cosine, batch 32, horizontal flips of
+the side image), kept in memory so that a setting takes minutes rather than the bundle's data loading: the chosen
+setting is then run through the bundle by ``python -m monai_shpeft.benchmark --methods fpt``.
 
 Results are appended to ``--output`` one setting and fold at a time (a rerun skips what is there).
 
@@ -105,7 +105,9 @@ def train_setting(network: torch.nn.Module, parts: dict[str, tuple], setting: di
     steps = setting["epochs"] * math.ceil(len(labels) / batch)
     warmup = int(0.1 * steps)
 
-    def rate(step: int) -> float:  # the bundles' WarmupCosineSchedule
+    # the shape of the bundles' monai.optimizers.WarmupCosineSchedule (linear warm-up, then cosine to zero); the
+    # warm-up starts one step later than MONAI's, as in the run that made docs/benchmarks/fpt_recipe_cpu.json
+    def rate(step: int) -> float:
         if step < warmup:
             return (step + 1) / max(1, warmup)
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
