@@ -82,6 +82,10 @@ def test_training_preloads_train_and_validation_features_and_keys_on_f1(trained:
     assert "FPT trains for fpt_max_epochs=2 epochs (max_epochs=7" in log
     assert "Epoch[2] Metrics" in log and "Epoch[3] Metrics" not in log
     assert "sparse_trainable_set" not in json.loads((work / BUNDLE / "configs" / "metadata.json").read_text())
+    # FPT's own head starts at random; the probe is fitted on the frozen branch's features for the record only
+    probe = json.loads((work / BUNDLE / "models" / "linear_probe.json").read_text())
+    assert probe["recipe"]["image_size"] == 56 and probe["num_images"] == len(split["training"])
+    assert "trains its own head: the linear probe is fitted for the record only" in log
 
     state = torch.load(work / BUNDLE / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert any(k.startswith("extractor.backbone.") for k in state)
@@ -112,6 +116,9 @@ def test_evaluate_and_inference_run_the_frozen_branch(trained: tuple[Path, str])
     )
     metrics = dict(csv.reader((work / BUNDLE / "runs" / "eval" / "metrics.csv").open()))
     assert 0.0 <= float(metrics["test_auc"]) <= 1.0
+    comparison = json.loads((work / BUNDLE / "runs" / "eval" / "linear_probe_comparison.json").read_text())
+    assert comparison["model"]["f1"] == pytest.approx(float(metrics["test_f1"]), abs=1e-6)
+    assert comparison["num_images"] == len(json.loads((work / BUNDLE / "runs" / "datalist.json").read_text())["test"])
 
     run_command(
         monai_bundle(

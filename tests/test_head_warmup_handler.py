@@ -3,6 +3,7 @@ network is validated as epoch 0 and saved as the checkpoint to beat, and the lin
 
 from __future__ import annotations
 
+import json
 from functools import partial
 from pathlib import Path
 
@@ -15,10 +16,12 @@ from monai.engines import SupervisedEvaluator
 from monai.handlers import CheckpointSaver
 
 import monai_shpeft.metrics
+from monai_shpeft.backbones import build_classifier
 from monai_shpeft.handlers import HeadWarmupHandler, ImportanceEstimationHandler
 from monai_shpeft.importance import estimate_importance
 from monai_shpeft.linear_probe import extract_features, fit_probe
-from tests.helpers import image_label_loader, make_trainer, tiny_classifier
+from monai_shpeft.networks import build_fpt
+from tests.helpers import TINY_TIMM, image_label_loader, make_trainer, tiny_classifier
 
 ADAMW = partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.0)
 
@@ -90,6 +93,31 @@ def test_the_linear_probe_stops_after_the_fit_without_a_gradient_step(tmp_path: 
     assert evaluator.state.best_metric_epoch == 0 and (tmp_path / "model.pt").is_file()
     changed = {n for n, p in network.named_parameters() if not torch.equal(p, before[n])}
     assert changed == {"head.linear.weight", "head.linear.bias"}
+
+
+def test_a_network_without_a_head_keeps_its_weights_and_gets_the_probe_record_only(tmp_path: Path) -> None:
+    # FPT's head trains with its side network: the probe is fitted on the recipe's frozen backbone for the record
+    network = build_fpt(TINY_TIMM, 3, None, image_size=28, side_image_size=14, tiny=True)
+    before = {n: p.detach().clone() for n, p in network.state_dict().items()}
+    loader = image_label_loader(num_samples=24)
+    recipe = {"backbone": TINY_TIMM, "pretrained": None, "image_size": 28, "tiny": True, "num_classes": 3}
+    record = tmp_path / "linear_probe.json"
+    warmup = HeadWarmupHandler(data_loader=loader, progress=False, record_file=record, recipe=recipe)
+    trainer = make_trainer(network, loader, ADAMW, [])
+    torch.manual_seed(7)
+    rng_before = torch.random.get_rng_state()
+    warmup(trainer)  # what Events.STARTED calls
+
+    assert torch.equal(torch.random.get_rng_state(), rng_before)  # the training's random stream is untouched
+    assert all(torch.equal(v, before[n]) for n, v in network.state_dict().items())
+    torch.manual_seed(7)  # the same draws as the handler's forked stream: the same frozen copy
+    reference = build_classifier(TINY_TIMM, 3, image_size=28, tiny=True)
+    features, labels = extract_features(reference, loader, "cpu", progress=False)
+    fit = fit_probe(features, labels, num_classes=3)
+    assert fit.C == warmup.fit.C
+    np.testing.assert_allclose(warmup.fit.weight, fit.weight, rtol=1e-5, atol=1e-6)
+    saved = json.loads(record.read_text())
+    assert saved["recipe"] == recipe and saved["num_images"] == 24 and "validation" not in saved
 
 
 def test_none_and_skip_leave_the_head_alone_and_bad_settings_are_refused() -> None:

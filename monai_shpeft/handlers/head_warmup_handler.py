@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -10,8 +11,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from monai.utils import min_version, optional_import
 
+from monai_shpeft.backbones import build_classifier
 from monai_shpeft.distributed import is_main_process
 from monai_shpeft.errors import SettingsError
 from monai_shpeft.handlers.importance_estimation_handler import _engine_prepare_batch
@@ -42,6 +45,11 @@ class HeadWarmupHandler:
     only replaces it when validation says it is better. With ``terminate``, training stops there: the model is the
     probe itself (the ``linear_probe`` method).
 
+    A network without a separate head (FPT: its side network and head start from random weights and train
+    together) is left untouched. The probe is then fitted on a classifier built from ``recipe`` (the same frozen
+    backbone at the frozen branch's resolution), for the record only, so that evaluation still states the 20-second
+    floor next to the model. Building it draws no random numbers from the training's stream.
+
     Args:
         mode: ``"lbfgs"`` (fit) or ``"none"`` (the handler does nothing: the head starts at random).
         data_loader: the training images without augmentation.
@@ -54,7 +62,8 @@ class HeadWarmupHandler:
             reads it to state the probe's test figures next to the model's
             (:class:`~monai_shpeft.handlers.ProbeComparisonHandler`).
         recipe: how the frozen backbone was built (``backbone``, ``pretrained``, ``image_size``, ``tiny``), kept in
-            the record so that evaluation can rebuild the probe.
+            the record so that evaluation can rebuild the probe; with ``num_classes``, it is also what a network
+            without a separate head (FPT) has the probe fitted on.
         skip: do nothing (a resumed run restores its trained head instead).
         progress: show a progress bar over the feature batches.
     """
@@ -107,32 +116,31 @@ class HeadWarmupHandler:
             return
         network = unwrap(engine.network)
         head = getattr(network, "head", None)
-        if head is None or not hasattr(network, "forward_features"):
+        record_only = head is None or not hasattr(network, "forward_features")
+        if record_only and not self.recipe.get("backbone"):
             self.logger.info("Head warm-up skipped: %s has no separate head (FPT trains its own).", type(network))
             return
         start = time.perf_counter()
-        loader = self.data_loader if self.data_loader is not None else engine.data_loader
-        features, labels = extract_features(
-            network,
-            loader,
-            engine.state.device,
-            prepare_batch=_engine_prepare_batch(engine),
-            autocast_dtype=getattr(engine.inferer, "autocast_dtype", None),
-            progress=self.progress,
-        )
-        self.fit = fit_probe(features, labels, num_classes=int(head.num_classes), Cs=self.Cs, seed=self.seed)
-        load_probe_into_head(head, self.fit)
+        if record_only:
+            # the probe is a side record here: its copy's init and its loader's seed must not shift training's draws
+            with torch.random.fork_rng(devices=[]):
+                self.fit, num_images = self._fit_probe(engine, self._recipe_classifier().to(engine.state.device))
+            gc.collect()  # the frozen copy was only needed for the features
+            self.logger.info("%s trains its own head: the linear probe is fitted for the record only.", type(network))
+        else:
+            self.fit, num_images = self._fit_probe(engine, network, int(head.num_classes))
+            load_probe_into_head(head, self.fit)
         # every rank computed the same fit from the same (unsharded) loader, so the heads agree without a broadcast
         seconds = time.perf_counter() - start
         record: dict[str, Any] = {
             "C": self.fit.C,
             "cv_log_loss": self.fit.cv_log_loss,
             "train_accuracy": self.fit.train_accuracy,
-            "num_images": int(features.shape[0]),
+            "num_images": num_images,
             "seconds": seconds,
             "recipe": self.recipe,
         }
-        if self.validator is not None:
+        if self.validator is not None and not record_only:
             self.validator.run(0)  # "epoch 0": the warmed network becomes the checkpoint fine-tuning must beat
             record["validation"] = {k: _number(v) for k, v in self.validator.state.metrics.items()}
         self.logger.info("Head warm-up (linear probe) in %.1f s: %s", seconds, json.dumps(record))
@@ -142,6 +150,31 @@ class HeadWarmupHandler:
         if self.terminate:
             self.logger.info("Linear probe: training stops after the fit (the model is the probe).")
             engine.terminate()
+
+    def _fit_probe(
+        self, engine: Engine, network: torch.nn.Module, num_classes: int | None = None
+    ) -> tuple[ProbeFit, int]:
+        """Fit the probe on ``network``'s features of the warm-up loader; returns the fit and the number of images."""
+        features, labels = extract_features(
+            network,
+            self.data_loader if self.data_loader is not None else engine.data_loader,
+            engine.state.device,
+            prepare_batch=_engine_prepare_batch(engine),
+            autocast_dtype=getattr(engine.inferer, "autocast_dtype", None),
+            progress=self.progress,
+        )
+        classes = num_classes if num_classes is not None else int(network.head.num_classes)
+        return fit_probe(features, labels, num_classes=classes, Cs=self.Cs, seed=self.seed), int(features.shape[0])
+
+    def _recipe_classifier(self) -> torch.nn.Module:
+        """The frozen backbone the recipe describes, with a head, for a network that has none of its own."""
+        return build_classifier(
+            self.recipe["backbone"],
+            int(self.recipe["num_classes"]),
+            pretrained=self.recipe.get("pretrained"),
+            image_size=int(self.recipe["image_size"]),
+            tiny=bool(self.recipe.get("tiny", False)),
+        )
 
 
 def _number(value: Any) -> Any:
