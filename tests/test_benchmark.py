@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from monai_shpeft.amp import cpu_supports_bf16
 from monai_shpeft.benchmark import DEFAULT_PROTOCOL, PROTOCOLS, RunSpec, expand_runs, paired_differences, summarize
 from monai_shpeft.benchmark.__main__ import build_parser, main, protocol_from_args
 from monai_shpeft.benchmark.report import METRICS, efficiency_score, markdown_table, paired_table
@@ -343,6 +344,8 @@ def test_folds_run_the_linear_probe_and_report_paired_differences_per_fold(work:
         assert record["key"] == key and record["fold"] == int(key[-1]) and record["num_folds"] == 2
         assert record["learning_rate"] == DEFAULT_LEARNING_RATES[record["method"]]
         assert record["head_learning_rate"] == record["learning_rate"]  # the bundle's default for these methods
+        # what the protocol's amp "auto" became on this CPU, recorded so that tables never mix precisions unseen
+        assert record["precision"] == ("bfloat16" if cpu_supports_bf16() else "float32")
         assert record["kept_warmup"] == (record["best_validation"]["epoch"] == 0)
         assert record["head_warmup"] is not None and "validation" in record["head_warmup"]
         for metric in METRICS:

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from monai_shpeft.amp import resolve_amp
 from monai_shpeft.memory import PeakMemoryMeter
 from monai_shpeft.methods import count_trainable, method_info, resolve_checkpoint_rule, resolve_learning_rates
 from monai_shpeft.utils import atomic_write_json
@@ -206,8 +207,17 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         "test_accuracy": metrics["test_accuracy"],
         "test_auc": metrics["test_auc"],
         "device": str(overrides["device"]),
+        # what "auto" became on this machine: a CPU with native bfloat16 trains in it, another in float32
+        "precision": _precision(overrides["amp"], overrides["device"]),
         "host": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count()},
     }
+
+
+def _precision(amp: Any, device: torch.device) -> str:
+    policy = resolve_amp(amp, device)
+    if policy.trainer_amp:
+        return "cuda mixed precision"
+    return str(policy.autocast_dtype or torch.float32).replace("torch.", "")
 
 
 def main(argv: list[str] | None = None) -> int:
