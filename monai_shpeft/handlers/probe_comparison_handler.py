@@ -68,7 +68,8 @@ class ProbeComparisonHandler:
     and logs one line, so that a user sees whether fine-tuning beat the 20-second baseline on this split.
 
     Both sides are scored by one function (:func:`classification_figures`) on the probabilities each produced: the
-    model's are gathered from the evaluator's outputs (``decollate=False``). So when the kept model *is* the probe
+    model's are gathered from the evaluator's outputs (``decollate=False``), and the probe's features are computed
+    under the evaluator's autocast (bfloat16 on a CPU that has it). So when the kept model *is* the probe
     (``checkpoint_rule best`` kept epoch 0) the two figures are equal to the last bit, and a difference is never a
     rounding artefact of two metric implementations.
 
@@ -139,8 +140,15 @@ class ProbeComparisonHandler:
         weight, bias = np.asarray(record["weight"]), np.asarray(record["bias"])
         fit = ProbeFit(weight, bias, float(record["C"]), float(record["cv_log_loss"]), float(record["train_accuracy"]))
         network = self._probe_network(record, num_classes=weight.shape[0]).to(engine.state.device)
+        # in the evaluator's precision: with bfloat16 autocast, float32 features would move the probe's
+        # probabilities past each other and a model that is the probe would no longer tie it
         features, labels = extract_features(
-            network, engine.data_loader, engine.state.device, prepare_batch=engine.prepare_batch, progress=False
+            network,
+            engine.data_loader,
+            engine.state.device,
+            prepare_batch=engine.prepare_batch,
+            autocast_dtype=getattr(getattr(engine, "inferer", None), "autocast_dtype", None),
+            progress=False,
         )
         logits = fit.logits(features)
         probabilities = np.exp(logits - logits.max(1, keepdims=True))
