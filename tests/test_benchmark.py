@@ -17,7 +17,7 @@ from PIL import Image
 from monai_shpeft.amp import cpu_supports_bf16
 from monai_shpeft.benchmark import DEFAULT_PROTOCOL, PROTOCOLS, RunSpec, expand_runs, paired_differences, summarize
 from monai_shpeft.benchmark.__main__ import build_parser, main, protocol_from_args
-from monai_shpeft.benchmark.report import METRICS, efficiency_score, markdown_table, paired_table
+from monai_shpeft.benchmark.report import METRICS, efficiency_score, markdown_table, paired_table, precision_line
 from monai_shpeft.benchmark.runner import BenchmarkRunner, format_duration
 from monai_shpeft.benchmark.worker import bundle_overrides
 from monai_shpeft.methods import DEFAULT_HEAD_LEARNING_RATES, DEFAULT_LEARNING_RATES, METHODS
@@ -132,6 +132,17 @@ def test_fpt_trains_for_its_own_epochs_and_the_command_line_can_set_them() -> No
     for argv, expected in ((["--epochs", "2"], (2, 2)), (["--epochs", "2", "--fpt_epochs", "7"], (2, 7))):
         protocol = protocol_from_args(build_parser().parse_args(["--output_dir", "x", *argv]))
         assert (protocol.epochs, protocol.fpt_epochs) == expected
+    # the description a report prints names what the command line changed, and only that
+    assert protocol_from_args(build_parser().parse_args(["--output_dir", "x"])) == PROTOCOLS["cpu"]
+    changed = protocol_from_args(build_parser().parse_args(["--output_dir", "x", "--amp", "false", "--epochs", "5"]))
+    # 5 epochs is cpu's own, but --epochs sets FPT's 20 to 5 too
+    assert changed.description.endswith("Changed on the command line: fpt_epochs=5, amp='false'.")
+
+
+def test_the_report_states_the_precision_each_run_trained_in() -> None:
+    records = [{"precision": "float32"}, {"precision": "float32"}, {"precision": "bfloat16"}, {}]
+    line = precision_line(records)
+    assert line == "Precision the runs trained in: bfloat16 in 1 run; float32 in 2 runs; not recorded in 1 run."
 
 
 def test_folds_give_every_run_its_own_key_and_keep_the_label() -> None:

@@ -257,5 +257,14 @@ DEFAULT_PROTOCOL = "cpu"
 
 
 def with_overrides(protocol: Protocol, **changes: Any) -> Protocol:
-    """A copy of ``protocol`` with some settings changed (``None`` values are ignored)."""
-    return replace(protocol, **{k: v for k, v in changes.items() if v is not None})
+    """A copy of ``protocol`` with some settings changed (``None`` values are ignored).
+
+    The copy's description ends with the settings that differ from the protocol's, so that a report never describes
+    the protocol's defaults for a run that overrode them.
+    """
+    given = {k: v for k, v in changes.items() if v is not None}
+    changed = {k: v for k, v in given.items() if k != "description" and getattr(protocol, k) != v}
+    if changed and "description" not in given:
+        listed = ", ".join(f"{k}={v!r}" for k, v in changed.items())
+        given["description"] = f"{protocol.description} Changed on the command line: {listed}."
+    return replace(protocol, **given)

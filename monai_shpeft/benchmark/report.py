@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import os
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -334,6 +334,16 @@ def _plot_paired(rows: Sequence[dict[str, Any]], reference: str, output_dir: Pat
     return _save(figure, output_dir / "paired_differences.png")
 
 
+def precision_line(results: Sequence[Mapping[str, Any]]) -> str:
+    """One sentence on the precision the runs trained in (each record's ``precision``, or not recorded)."""
+    counts: dict[str, int] = {}
+    for record in results:
+        name = record.get("precision") or "not recorded"
+        counts[name] = counts.get(name, 0) + 1
+    parts = [f"{name} in {count} run{'s' if count != 1 else ''}" for name, count in sorted(counts.items())]
+    return "Precision the runs trained in: " + "; ".join(parts) + "."
+
+
 def write_report(
     results: Sequence[dict[str, Any]],
     output_dir: str | os.PathLike,
@@ -371,6 +381,7 @@ def write_report(
         text += ["Command:", "", "```", context["command"], "```", ""]
     if protocol.get("description"):
         text += [protocol["description"], ""]
+    text += [precision_line(results), ""]
     text += [markdown_table(rows), ""]
     text += [
         "Means ± standard deviations over every run of a method (`runs`: seeds x folds). `kept warm-up`: runs whose "
