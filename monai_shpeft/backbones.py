@@ -107,9 +107,12 @@ class L2NormLinearHead(nn.Module):
             x: pooled features ``[B, in_features]``.
 
         Returns:
-            logits ``[B, num_classes]``.
+            logits ``[B, num_classes]``, in float32 even under autocast.
         """
-        return self.linear(F.normalize(x, dim=-1)) * self.logit_scale.to(x.dtype)
+        # the head is tiny, and bfloat16 logits (3 significant digits, times the scale) flip near-tied classes: a
+        # model whose head is the probe would then not predict what the probe predicts from the same features
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self.linear(F.normalize(x.float(), dim=-1)) * self.logit_scale
 
     def extra_repr(self) -> str:
         return f"logit_scale={float(self.logit_scale):g}"

@@ -98,13 +98,16 @@ def extract_features(
         batches = tqdm(data_loader, desc="frozen features", unit="batch")
     module.eval()
     try:
-        with (
-            torch.no_grad(),
-            torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None),
-        ):
+        with torch.no_grad():
             for batch in batches:
                 prepared = prepare(batch, device, False)
-                features.append(module.forward_features(prepared[0]).float().cpu())
+                # autocast around the forward only: around the loop it would also reach the loader's transforms
+                # (and, inherited at fork, its workers'), resizing the images in bfloat16 unlike every other pass
+                with torch.autocast(
+                    device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None
+                ):
+                    pooled = module.forward_features(prepared[0])
+                features.append(pooled.float().cpu())
                 labels.append(torch.as_tensor(prepared[1]).reshape(-1).long().cpu())
     finally:
         module.train(was_training)

@@ -97,6 +97,16 @@ def test_head_normalises_features() -> None:
         torch.testing.assert_close(model(x), model.head(model.forward_features(x) * 0.01))
 
 
+def test_head_computes_in_float32_under_bfloat16_autocast() -> None:
+    # under the bundles' CPU bf16 autocast the backbone runs in bfloat16 but the logits must not be rounded to it
+    head = L2NormLinearHead(384, NUM_CLASSES, logit_scale=100.0)
+    features = torch.randn(64, 384).to(torch.bfloat16)  # what an autocast backbone hands the head
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = head(features)
+    assert logits.dtype == torch.float32
+    torch.testing.assert_close(logits, head(features.float()), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize(
     ("backbone", "expected"),
     [

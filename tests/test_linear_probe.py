@@ -98,3 +98,28 @@ def test_features_come_from_the_backbone_in_eval_mode_and_the_mode_is_restored()
     with torch.no_grad():
         expected = torch.cat([network.forward_features(batch["image"]) for batch in loader]).numpy()
     np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-5)
+
+
+class _AutocastRecorder(torch.utils.data.Dataset):
+    """Items whose label says whether CPU autocast was on while the item was made (a transform's view)."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"image": torch.randn(3, 28, 28), "label": torch.tensor(int(torch.is_autocast_enabled("cpu")))}
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_bfloat16_autocast_reaches_the_network_and_not_the_loaders_transforms(num_workers: int) -> None:
+    # around the loop, autocast resized the images of the probe's pass in bfloat16 (and forked workers inherit
+    # it), so a model that is the probe scored other pixels than the probe did
+    loader = torch.utils.data.DataLoader(_AutocastRecorder(), batch_size=4, num_workers=num_workers)
+    network = tiny_classifier()
+    dtypes = []
+    qkv = network.backbone.blocks[0].attn.qkv  # a linear layer: bfloat16 under autocast (the final norm is float32)
+    hook = qkv.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
+    features, labels = extract_features(network, loader, "cpu", autocast_dtype=torch.bfloat16, progress=False)
+    hook.remove()
+    assert labels.tolist() == [0] * 8  # no item was made under autocast
+    assert dtypes == [torch.bfloat16, torch.bfloat16] and features.dtype == np.float32
