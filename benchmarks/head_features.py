@@ -6,12 +6,20 @@ DINOv2 ViT this can be the class token (``cls``), the mean of the patch tokens (
 Features without Supervision", TMLR 2024). This benchmark extracts the frozen tokens of every BUSI image once per
 image size, fits the package's probe (:func:`monai_shpeft.linear_probe.fit_probe`) on each fold's training part
 and scores macro-F1 on the fold's **validation** part; it also times the frozen forward per image size, since the
-main job must train in minutes on a CPU. Test parts are never read.
+main job must train in minutes on a CPU. With ``--autocast bfloat16`` the frozen forward runs under CPU bfloat16
+autocast, as the bundles' ``amp auto`` does on a CPU with native bfloat16, so the probe's validation cost of that
+precision can be read beside the float32 record. Test parts are never read.
 
 Example (the figures in docs/benchmarks/head_features.json came from this command)::
 
     python benchmarks/head_features.py --dataset_dir ../shared/data/busi \
         --pretrained ../shared/weights/vit_small_patch14_dinov2.safetensors --output docs/benchmarks/head_features.json
+
+and the precision check (docs/benchmarks/head_features_precision.json: both precisions, one machine)::
+
+    python benchmarks/head_features.py --dataset_dir ../shared/data/busi \
+        --pretrained ../shared/weights/vit_small_patch14_dinov2.safetensors --sizes 224 \
+        --autocast float32 bfloat16 --output docs/benchmarks/head_features_precision.json
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from monai.data import DataLoader, Dataset
 from monai.transforms import Compose
 from sklearn.metrics import f1_score
 
+from monai_shpeft.amp import cpu_supports_bf16
 from monai_shpeft.backbones import build_classifier
 from monai_shpeft.linear_probe import fit_probe
 from monai_shpeft.utils import atomic_write_json
@@ -55,7 +64,9 @@ def _parts(args: argparse.Namespace, fold: int, work: Path) -> tuple[dict[str, l
 
 
 @torch.no_grad()
-def _tokens(args: argparse.Namespace, items: list[dict], parser: ConfigParser, size: int) -> dict[str, np.ndarray]:
+def _tokens(
+    args: argparse.Namespace, items: list[dict], parser: ConfigParser, size: int, precision: str = "float32"
+) -> dict[str, np.ndarray]:
     parser.update({"image_size": size})
     transform = Compose(parser.get_parsed_content("transforms#images_eval", lazy=False))
     num_classes = int(parser.get_parsed_content("num_classes"))
@@ -65,7 +76,8 @@ def _tokens(args: argparse.Namespace, items: list[dict], parser: ConfigParser, s
     pooled: dict[str, list[np.ndarray]] = {p: [] for p in POOLINGS}
     start = time.perf_counter()
     for batch in loader:
-        tokens = model.backbone.forward_features(batch["image"].as_tensor().float())
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+            tokens = model.backbone.forward_features(batch["image"].as_tensor().float()).float()
         cls, mean = tokens[:, 0], tokens[:, prefix:].mean(1)
         pooled["cls"].append(cls.numpy())
         pooled["mean"].append(mean.numpy())
@@ -86,6 +98,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[112, 140, 168, 224])
     parser.add_argument("--num_folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--autocast", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
     parser.add_argument("--output", default="runs/head_features.json")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -109,8 +122,10 @@ def main() -> None:
             "num_images": len(keys),
             "sizes": {},
         }
-        for size in args.sizes:
-            features = _tokens(args, [items[k] for k in keys], folds[0][1], size)
+        if args.autocast != ["float32"]:
+            report["native_bf16"] = cpu_supports_bf16()
+        for size, precision in [(size, precision) for size in args.sizes for precision in args.autocast]:
+            features = _tokens(args, [items[k] for k in keys], folds[0][1], size, precision)
             labels = np.asarray([int(items[k]["label"]) for k in keys])
             num_classes = int(folds[0][1].get_parsed_content("num_classes"))
             entry: dict[str, Any] = {"seconds_per_image_forward": round(float(features["seconds_per_image"]), 4)}
@@ -127,8 +142,10 @@ def main() -> None:
                     "validation_f1_std": round(float(np.std(scores, ddof=1)), 4),
                     "per_fold": [round(s, 4) for s in scores],
                 }
-            report["sizes"][str(size)] = entry
-            print(size, json.dumps(entry), flush=True)
+            # the float32 record keeps its keys ("224"); another precision is recorded as "224 bfloat16"
+            key = str(size) if precision == "float32" else f"{size} {precision}"
+            report["sizes"][key] = entry
+            print(key, json.dumps(entry), flush=True)
             atomic_write_json(args.output, report)
 
 
