@@ -109,10 +109,19 @@ class L2NormLinearHead(nn.Module):
         Returns:
             logits ``[B, num_classes]``, in float32 even under autocast.
         """
+        if torch.jit.is_scripting() or torch.jit.is_tracing():  # exported graphs run without autocast
+            return self._logits(x)
+        return self._float32_logits(x)
+
+    @torch.jit.unused
+    def _float32_logits(self, x: torch.Tensor) -> torch.Tensor:
         # the head is tiny, and bfloat16 logits (3 significant digits, times the scale) flip near-tied classes: a
         # model whose head is the probe would then not predict what the probe predicts from the same features
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return self.linear(F.normalize(x.float(), dim=-1)) * self.logit_scale
+            return self._logits(x.float())
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(F.normalize(x, dim=-1)) * self.logit_scale.to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"logit_scale={float(self.logit_scale):g}"

@@ -51,10 +51,12 @@ def test_the_inferer_runs_the_network_in_bfloat16_and_returns_float32() -> None:
     images = next(iter(image_label_loader()))["image"]
     with torch.no_grad():
         reference = network(images)
-        seen = _linear_output_dtypes(network)
+        seen = _linear_output_dtypes(network.backbone)
+        head_seen = _linear_output_dtypes(network.head)
         logits = AutocastInferer(BF16)(images, network)
     assert logits.dtype == torch.float32
-    assert seen and set(seen) == {torch.bfloat16}  # the matmuls ran in bfloat16
+    assert seen and set(seen) == {torch.bfloat16}  # the backbone's matmuls ran in bfloat16
+    assert head_seen == [torch.float32]  # the head's did not: bfloat16 logits would flip near-tied classes
     torch.testing.assert_close(logits, reference, atol=0.1, rtol=0.05)
     with torch.no_grad():
         assert torch.equal(AutocastInferer(None)(images, network), reference)
@@ -76,7 +78,7 @@ class RecordingLoss(torch.nn.CrossEntropyLoss):
 def test_a_monai_trainer_trains_under_cpu_autocast_with_a_float32_loss() -> None:
     network = tiny_classifier(seed=0)
     before = {n: p.detach().clone() for n, p in network.named_parameters()}
-    seen = _linear_output_dtypes(network)
+    seen = _linear_output_dtypes(network.backbone)  # the head computes in float32 (test_backbones)
     loss = RecordingLoss()
     trainer = SupervisedTrainer(
         device=torch.device("cpu"),
