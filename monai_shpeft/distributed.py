@@ -8,7 +8,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["is_distributed", "is_main_process", "distributed_sampler", "main_process_only", "synchronize_sum"]
+__all__ = [
+    "is_distributed",
+    "is_main_process",
+    "distributed_sampler",
+    "main_process_only",
+    "synchronize_sum",
+    "shut_down",
+]
 
 
 def is_distributed() -> bool:
@@ -71,3 +78,15 @@ def main_process_only(handlers: Sequence[Any], shared: int) -> list[Any]:
     """
     selected = list(handlers) if is_main_process() else list(handlers)[:shared]
     return [handler for handler in selected if handler is not None]
+
+
+def shut_down() -> None:
+    """Wait for every rank, then destroy the process group (no-op outside a distributed run).
+
+    Without the barrier a rank that finishes first tears its gloo connections down while another is still in a
+    collective (the evaluator's metrics, the last checkpoint), which can abort that rank.
+    """
+    if not is_distributed():
+        return
+    dist.barrier()
+    dist.destroy_process_group()
