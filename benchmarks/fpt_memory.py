@@ -8,7 +8,7 @@ Five ways of training the same backbone on high-resolution images are measured i
   :func:`~monai_shpeft.importance.estimate_importance`, a :class:`~monai_shpeft.sparse_set.SparseTrainableSet`,
   then training with the package's :class:`~monai_shpeft.handlers.GradientMaskHandler` masking the gradients;
 - ``fpt``: FPT (``build_fpt``) reading the high-resolution image through its frozen branch at every step;
-- ``fpt_preload``: FPT reading the frozen features from a :class:`~monai_shpeft.data.FrozenFeatureCache` filled
+- ``fpt_preload``: FPT reading the frozen features from a :class:`~monai_shpeft.feature_cache.FrozenFeatureCache` filled
   beforehand with the cache's real ``fill``, outside any measurement (by the ``fpt`` process once its own
   measurement is printed, or by a preliminary process when ``fpt`` is not run); the measured process looks the
   features up with ``FrozenFeatureCache.get`` (what ``LoadFrozenFeatures`` calls) through a DataLoader. The frozen
@@ -210,7 +210,7 @@ class CachedFeatures:
 
     As in a real pipeline, the (preprocessed) high-resolution image is made first, because the cache is keyed by its
     content, and ``FrozenFeatureCache.get`` reads its features (what
-    :class:`~monai_shpeft.transforms.LoadFrozenFeatures` does; that transform is not imported because
+    :class:`~monai_shpeft.feature_cache.LoadFrozenFeatures` does; that transform is not imported because
     ``monai_shpeft.transforms`` pulls in all of ``monai.transforms``, seconds of start-up per run). A miss is an
     error, as in the transform: it would mean the cache was filled for other images or another network.
     """
@@ -223,7 +223,7 @@ class CachedFeatures:
         return len(self.images)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from monai_shpeft.data.feature_cache import FeatureCacheError
+        from monai_shpeft.feature_cache.store import FeatureCacheError
 
         item = self.images[index]
         features = self.cache.get(item["image"])
@@ -283,7 +283,7 @@ def _import_for(method: str, backbone: str) -> None:
     if method in ("fpt_preload", PREPARE_CACHE):
         import safetensors.torch  # noqa: F401
 
-        import monai_shpeft.data.feature_cache  # noqa: F401
+        import monai_shpeft.feature_cache.store  # noqa: F401
     if method == PREPARE_CACHE:
         import monai.data  # noqa: F401
 
@@ -345,7 +345,7 @@ def prepare_cache(args: argparse.Namespace) -> dict[str, Any]:
     """
     import torch
 
-    from monai_shpeft.data.feature_cache import feature_cache_for
+    from monai_shpeft.feature_cache.store import feature_cache_for
 
     device = _resolve_device(args.device)
     batch_size = args.batch_size or (GPU_BATCH_SIZE if device.type == "cuda" else CPU_BATCH_SIZE)
@@ -507,7 +507,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "frozen_backbone_weight_bytes": sum(p.numel() * p.element_size() for p in model.extractor.parameters()),
         }
         if method == "fpt_preload":
-            from monai_shpeft.data.feature_cache import feature_cache_for
+            from monai_shpeft.feature_cache.store import feature_cache_for
 
             cache = feature_cache_for(model, args.cache_dir)
             dataset = CachedFeatures(images, cache)

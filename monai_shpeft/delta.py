@@ -32,8 +32,7 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 from monai_shpeft.errors import InputError
-from monai_shpeft.importance import unwrap
-from monai_shpeft.utils import atomic_path, read_safetensors, sha256_of_file
+from monai_shpeft.utils import atomic_path, read_safetensors, sha256_of_file, unwrap
 
 __all__ = [
     "DELTA_FORMAT",

@@ -1,4 +1,4 @@
-"""The one family of errors monai-shpeft raises for bad input or bad settings, and how a failed run reports them.
+"""The one family of errors monai-shpeft raises for bad input or bad settings, and how to find them again.
 
 Every error the project raises because of what a user gave it (a file, a folder, a datalist, a checkpoint, a knob)
 derives from :class:`ShpeftError`, and its message names the file or the knob and the cause. MONAI wraps whatever a
@@ -6,9 +6,10 @@ transform or a config expression raises in ``RuntimeError("applying transform ..
 to evaluate ConfigExpression: ...")``, so on its own the last line of a failed bundle run is MONAI's wrapper. Two
 places undo that, once each:
 
-- :func:`install_failure_report`, the first ``initialize`` step of every bundle, replaces the process's
-  ``sys.excepthook``: when a run stops on one of our errors the traceback goes to ``<output_dir>/failure.log``
-  (printed too with ``--debug true``) and the last line on the terminal is our error's message;
+- :func:`~monai_shpeft.failure_report.install_failure_report`, the first ``initialize`` step of every bundle,
+  replaces the process's ``sys.excepthook``: when a run stops on one of our errors the traceback goes to
+  ``<output_dir>/failure.log`` (printed too with ``--debug true``) and the last line on the terminal is our error's
+  message;
 - :class:`~monai_shpeft.transforms.presets.ReportingCompose`, the ``Compose`` of the modality presets, re-raises our
   error itself, so ``except ImageReadError`` catches a bad file read through a preset.
 
@@ -18,16 +19,10 @@ error's message from that text.
 
 from __future__ import annotations
 
-import os
 import re
-import sys
-import traceback
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from types import TracebackType
+from collections.abc import Iterator
 
 __all__ = [
-    "FAILURE_LOG",
     "DatasetFolderError",
     "DatasetLayoutError",
     "InputError",
@@ -35,11 +30,7 @@ __all__ = [
     "ShpeftError",
     "find_error",
     "find_error_message",
-    "install_failure_report",
 ]
-
-#: the file, in the run's output folder, that keeps the full traceback of a run stopped by one of our errors
-FAILURE_LOG = "failure.log"
 
 
 class ShpeftError(Exception):
@@ -130,57 +121,3 @@ def find_error_message(error: BaseException) -> str | None:
         if isinstance(current, ShpeftError):
             return f"{type(current).__name__}: {text}"
     return None
-
-
-ExceptHook = Callable[[type[BaseException], BaseException, TracebackType | None], object]
-
-
-class _FailureReport:
-    """``sys.excepthook`` that ends a run stopped by one of our errors with that error's message."""
-
-    def __init__(self, previous: ExceptHook, log_dir: str | os.PathLike | None, debug: bool) -> None:
-        self.previous = previous
-        self.log_dir = log_dir
-        self.debug = debug
-
-    def __call__(self, error_type: type[BaseException], error: BaseException, trace: TracebackType | None) -> object:
-        message = find_error_message(error)
-        if message is None:  # not a bad-input error: the usual full traceback
-            return self.previous(error_type, error, trace)
-        text = "".join(traceback.format_exception(error_type, error, trace))
-        log_file = self._write_log(text)
-        if self.debug:
-            sys.stderr.write(text)
-        where = f"the full traceback is in {log_file}" if log_file else "the traceback could not be written"
-        sys.stderr.write(f"\nThe run stopped on bad input or a bad setting ({where}; --debug true prints it).\n")
-        sys.stderr.write(message + "\n")
-        sys.stderr.flush()
-        return None
-
-    def _write_log(self, text: str) -> Path | None:
-        if self.log_dir is None:
-            return None
-        try:
-            path = Path(self.log_dir) / FAILURE_LOG
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-            return path
-        except OSError:  # a full or read-only disk must not hide the message itself
-            return None
-
-
-def install_failure_report(log_dir: str | os.PathLike | None = None, debug: bool | str = False) -> None:
-    """Make a run stopped by one of our errors end with our message, the traceback kept in ``log_dir``.
-
-    Errors that are not ours keep Python's usual report. Calling it again replaces the settings (one hook).
-
-    Args:
-        log_dir: where ``failure.log`` (the full traceback) goes; ``None``: nowhere.
-        debug: print the full traceback above the message as well (bundles: ``--debug true``).
-    """
-    from monai_shpeft.utils import as_flag
-
-    previous = sys.excepthook
-    if isinstance(previous, _FailureReport):
-        previous = previous.previous
-    sys.excepthook = _FailureReport(previous, log_dir, as_flag(debug, "debug"))

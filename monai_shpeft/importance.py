@@ -29,6 +29,7 @@ from torch import nn
 
 from monai_shpeft.distributed import synchronize_sum
 from monai_shpeft.errors import ShpeftError
+from monai_shpeft.utils import unwrap
 
 __all__ = [
     "ImportanceMode",
@@ -88,13 +89,6 @@ def scoped_parameters(network: nn.Module, scope: str | None = "backbone") -> dic
             "or build the network with monai_shpeft.backbones.build_classifier."
         )
     return {f"{scope}.{n}": p for n, p in getattr(network, scope).named_parameters()}
-
-
-def unwrap(network: nn.Module) -> nn.Module:
-    """Return the module inside DistributedDataParallel / DataParallel wrappers."""
-    while isinstance(network, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        network = network.module
-    return network
 
 
 def task_agnostic_importance(

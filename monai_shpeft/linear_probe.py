@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from monai_shpeft.backbones import L2NormLinearHead
-from monai_shpeft.importance import unwrap
+from monai_shpeft.utils import unwrap
 
 __all__ = ["DEFAULT_CS", "ProbeFit", "extract_features", "fit_probe", "load_probe_into_head"]
 

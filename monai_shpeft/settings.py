@@ -1,7 +1,7 @@
 """Checks of a run's settings that need no data: done first, so a bad knob stops a run before any image is read.
 
 The bundles call :func:`check_settings` as their first ``initialize`` step (after the failure report is installed,
-:func:`monai_shpeft.errors.install_failure_report`); each problem is a
+:func:`monai_shpeft.failure_report.install_failure_report`); each problem is a
 :class:`~monai_shpeft.errors.SettingsError` that names the knob, its value and a value that works.
 """
 

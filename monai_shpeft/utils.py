@@ -14,9 +14,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from monai_shpeft.errors import SettingsError
 
 __all__ = [
+    "unwrap",
     "as_flag",
     "atomic_path",
     "atomic_write_json",
@@ -226,3 +229,10 @@ def config_bundle_root() -> str:
         del frame  # a frame kept alive would keep every local of the stack alive
     config_file = _config_file_argument(sys.argv)
     return _bundle_folder(Path(config_file).parent) if config_file else "."
+
+
+def unwrap(network: nn.Module) -> nn.Module:
+    """Return the module inside DistributedDataParallel / DataParallel wrappers."""
+    while isinstance(network, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        network = network.module
+    return network

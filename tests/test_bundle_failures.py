@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from monai_shpeft.errors import FAILURE_LOG
+from monai_shpeft.failure_report import FAILURE_LOG
 from tests.helpers import TINY_BUNDLE_ARGS, copy_bundles, monai_bundle, write_busi_folder
 
 TRAIN = "bundles/busi/configs/train.json"

@@ -13,7 +13,6 @@ from monai.transforms import Compose
 
 from monai_shpeft.data.datalist import DatalistError
 from monai_shpeft.errors import (
-    FAILURE_LOG,
     DatasetFolderError,
     InputError,
     SettingsError,
@@ -21,6 +20,7 @@ from monai_shpeft.errors import (
     find_error,
     find_error_message,
 )
+from monai_shpeft.failure_report import FAILURE_LOG
 from monai_shpeft.transforms import ImageReadError, LoadMedicalImaged, modality_transforms
 from tests.helpers import write_png
 
@@ -71,7 +71,8 @@ def test_other_errors_are_not_ours() -> None:
 
 _SCRIPT = """
 import sys
-from monai_shpeft.errors import install_failure_report, SettingsError
+from monai_shpeft.errors import SettingsError
+from monai_shpeft.failure_report import install_failure_report
 install_failure_report({log_dir!r}, debug={debug!r})
 def expression():
     raise SettingsError("budget ratio must be in (0, 1] (0.01 means 1%), got 2.0.")

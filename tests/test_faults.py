@@ -15,7 +15,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from monai_shpeft.data import feature_cache_for
+from monai_shpeft.feature_cache import feature_cache_for
 from tests.test_feature_cache import png_items, preprocessing, tiny_fpt
 
 _FILL = """
@@ -23,7 +23,7 @@ import sys, time
 import torch
 sys.path.insert(0, {repo!r})
 from tests.test_feature_cache import preprocessing, tiny_fpt
-from monai_shpeft.data import feature_cache_for
+from monai_shpeft.feature_cache import feature_cache_for
 import json
 items = json.loads(open({items!r}).read())
 network = tiny_fpt()

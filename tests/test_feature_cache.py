@@ -14,9 +14,14 @@ import torch.nn.functional as F
 from monai.transforms import Compose, LoadImaged, Resized, ScaleIntensityd
 from safetensors.torch import save_file
 
-from monai_shpeft.data import FeatureCacheError, FrozenFeatureCache, feature_cache_for
+from monai_shpeft.feature_cache import (
+    FeatureCacheError,
+    FrozenFeatureCache,
+    LoadFrozenFeatures,
+    LoadFrozenFeaturesd,
+    feature_cache_for,
+)
 from monai_shpeft.networks import FPTNetwork, build_fpt
-from monai_shpeft.transforms import LoadFrozenFeatures, LoadFrozenFeaturesd
 from tests.helpers import TINY_TIMM, write_png
 
 SIZE, SIDE_SIZE = 56, 28

@@ -10,11 +10,10 @@ from monai.data import CacheDataset, DataLoader, Dataset
 from monai.engines import PrepareBatchExtraInput, SupervisedTrainer
 from monai.transforms import Compose, EnsureTyped, RandFlipd, ScaleIntensityd
 
-from monai_shpeft.data import FeatureCacheError, FrozenFeatureCache, feature_cache_for
-from monai_shpeft.data.feature_cache import item_source
+from monai_shpeft.feature_cache import FeatureCacheError, FrozenFeatureCache, LoadFrozenFeaturesd, feature_cache_for
+from monai_shpeft.feature_cache.store import item_source
 from monai_shpeft.handlers import FeaturePreloadHandler
 from monai_shpeft.networks import FPTNetwork, build_fpt
-from monai_shpeft.transforms import LoadFrozenFeaturesd
 from tests.helpers import TINY_TIMM
 
 SIZE, SIDE_SIZE, NUM_ITEMS = 56, 28, 6

@@ -20,12 +20,6 @@ from monai_shpeft.data.duplicates import (
     find_cross_split_duplicates,
     find_duplicates,
 )
-from monai_shpeft.data.feature_cache import (
-    FEATURE_CACHE_VERSION,
-    FeatureCacheError,
-    FrozenFeatureCache,
-    feature_cache_for,
-)
 from monai_shpeft.data.isic2018 import ISIC2018_CLASSES, ISIC2018_LAYOUT, isic2018_datalist
 from monai_shpeft.data.layout import (
     DATASETS,
@@ -60,10 +54,6 @@ from monai_shpeft.data.user_data import (
 )
 
 __all__ = [
-    "FEATURE_CACHE_VERSION",
-    "FeatureCacheError",
-    "FrozenFeatureCache",
-    "feature_cache_for",
     "BUSI_CLASSES",
     "BUSI_LAYOUT",
     "CHAOYANG_CLASSES",

@@ -118,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from monai_shpeft.errors import install_failure_report
+    from monai_shpeft.failure_report import install_failure_report
 
     install_failure_report()
     sys.exit(main())

@@ -11,7 +11,7 @@ import torch
 from monai.utils import min_version, optional_import
 
 from monai_shpeft.errors import InputError
-from monai_shpeft.importance import unwrap
+from monai_shpeft.utils import unwrap
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 if TYPE_CHECKING:

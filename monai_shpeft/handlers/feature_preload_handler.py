@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 import torch.distributed as dist
 from monai.utils import min_version, optional_import
 
-from monai_shpeft.data.feature_cache import FrozenFeatureCache
 from monai_shpeft.distributed import is_distributed
+from monai_shpeft.feature_cache.store import FrozenFeatureCache
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 if TYPE_CHECKING:
@@ -24,13 +24,13 @@ logger = logging.getLogger(__name__)
 
 
 class FeaturePreloadHandler:
-    """Fill a :class:`~monai_shpeft.data.FrozenFeatureCache` with the trainer's network on ``STARTED``.
+    """Fill a :class:`~monai_shpeft.feature_cache.FrozenFeatureCache` with the trainer's network on ``STARTED``.
 
     Items already cached are skipped, so a resumed or repeated run only pays for new images. In a distributed run
     each rank fills its share of the items and all ranks wait for each other before training.
 
     Args:
-        cache: the cache the training transforms read (:class:`~monai_shpeft.transforms.LoadFrozenFeaturesd`).
+        cache: the cache the training transforms read (:class:`~monai_shpeft.feature_cache.LoadFrozenFeaturesd`).
         data: datalist items to preload (typically training plus validation).
         transform: the deterministic preprocessing of the high-resolution image, as used before the lookup.
         batch_size: images per frozen-backbone call.

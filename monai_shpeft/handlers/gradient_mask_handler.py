@@ -10,8 +10,8 @@ import torch
 from monai.engines.utils import IterationEvents
 from monai.utils import min_version, optional_import
 
-from monai_shpeft.importance import unwrap
 from monai_shpeft.sparse_set import SparseTrainableSet
+from monai_shpeft.utils import unwrap
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 if TYPE_CHECKING:

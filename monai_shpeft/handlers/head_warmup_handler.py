@@ -18,9 +18,8 @@ from monai_shpeft.backbones import build_classifier
 from monai_shpeft.distributed import is_main_process
 from monai_shpeft.errors import SettingsError
 from monai_shpeft.handlers.importance_estimation_handler import _engine_prepare_batch
-from monai_shpeft.importance import unwrap
 from monai_shpeft.linear_probe import DEFAULT_CS, ProbeFit, extract_features, fit_probe, load_probe_into_head
-from monai_shpeft.utils import atomic_write_json
+from monai_shpeft.utils import atomic_write_json, unwrap
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 if TYPE_CHECKING:

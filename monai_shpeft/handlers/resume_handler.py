@@ -14,8 +14,7 @@ from monai.utils import min_version, optional_import
 from monai_shpeft.distributed import is_main_process
 from monai_shpeft.errors import InputError
 from monai_shpeft.handlers.gradient_mask_handler import STATE_KEY
-from monai_shpeft.importance import unwrap
-from monai_shpeft.utils import atomic_path
+from monai_shpeft.utils import atomic_path, unwrap
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 if TYPE_CHECKING:

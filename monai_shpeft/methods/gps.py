@@ -31,8 +31,8 @@ from types import MappingProxyType
 
 import torch.nn as nn
 
-from monai_shpeft.importance import unwrap
 from monai_shpeft.methods.base import MethodInfo
+from monai_shpeft.utils import unwrap
 
 __all__ = ["INFO", "METHOD_NAME", "RECIPE", "neuron_weight_names"]
 

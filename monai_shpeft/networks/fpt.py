@@ -36,7 +36,7 @@ class FPTNetwork(nn.Module):
       passes them;
     - ``forward(image)``: the low-resolution copy is made here (bilinear, antialiased);
     - ``forward(features, image_lr)``: ``features`` are preloaded frozen features ``[B, L, 2, n, D]`` (from
-      :class:`~monai_shpeft.data.FrozenFeatureCache`), and the frozen model does not run at all.
+      :class:`~monai_shpeft.feature_cache.FrozenFeatureCache`), and the frozen model does not run at all.
 
     Args:
         extractor: the frozen branch.

@@ -13,7 +13,6 @@ from monai_shpeft.transforms.compose import ReportingCompose
 from monai_shpeft.transforms.errors import ImageReadError, InvalidImageError
 from monai_shpeft.transforms.formats import detect_image_format
 from monai_shpeft.transforms.frames import SelectFrame, SelectFramed, VolumeToImage, VolumeToImaged
-from monai_shpeft.transforms.frozen_features import LoadFrozenFeatures, LoadFrozenFeaturesd
 from monai_shpeft.transforms.intensity import ScaleToUnitRange, ScaleToUnitRanged
 from monai_shpeft.transforms.load import LoadMedicalImage, LoadMedicalImaged, available_wsi_backend
 from monai_shpeft.transforms.meta import SourceMetaKeys, default_source_meta
@@ -34,8 +33,6 @@ __all__ = [
     "InvertMonochrome1",
     "ItkVolumeReader",
     "InvertMonochrome1d",
-    "LoadFrozenFeatures",
-    "LoadFrozenFeaturesd",
     "LoadMedicalImage",
     "LoadMedicalImaged",
     "NiftiImageReader",

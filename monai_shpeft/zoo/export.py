@@ -13,8 +13,7 @@ import torch.nn as nn
 from monai.bundle import ConfigParser
 
 from monai_shpeft.delta import SparseDelta
-from monai_shpeft.importance import unwrap
-from monai_shpeft.utils import as_flag, atomic_write_json, read_run_metadata, sha256_of_file
+from monai_shpeft.utils import as_flag, atomic_write_json, read_run_metadata, sha256_of_file, unwrap
 
 __all__ = ["DELTA_RECORD_KEY", "bundle_parser", "export_bundle_delta", "load_checkpoint", "recipe_of"]
 

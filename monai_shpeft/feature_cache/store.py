@@ -2,7 +2,7 @@
 
 The frozen branch sees the un-augmented high-resolution image, so its key/value features of an image never change
 during training: they are computed once (:meth:`FrozenFeatureCache.fill`, with a progress bar) and read back by
-:class:`~monai_shpeft.transforms.LoadFrozenFeaturesd`.
+:class:`~monai_shpeft.feature_cache.LoadFrozenFeaturesd`.
 
 An entry is keyed by the image's content: the SHA-256 of its source file's bytes when the file is known (the
 bundles' items always name it), else of the preprocessed tensor's values. The key lives inside a namespace that is
@@ -229,7 +229,7 @@ class FrozenFeatureCache:
         Args:
             data: datalist items (``{"image": path, ...}``).
             transform: the deterministic preprocessing whose output ``[image_key]`` the frozen backbone reads; it
-                must be the one used before :class:`~monai_shpeft.transforms.LoadFrozenFeaturesd` in training.
+                must be the one used before :class:`~monai_shpeft.feature_cache.LoadFrozenFeaturesd` in training.
             network: an :class:`~monai_shpeft.networks.FPTNetwork` (DDP wrappers are unwrapped).
             device: where the frozen backbone runs; by default where its weights are.
             batch_size: images per backbone call.
@@ -244,7 +244,7 @@ class FrozenFeatureCache:
         """
         from monai.data import DataLoader, Dataset
 
-        from monai_shpeft.importance import unwrap
+        from monai_shpeft.utils import unwrap
 
         network = unwrap(network)
         device = torch.device(device) if device is not None else next(network.parameters()).device
@@ -364,7 +364,7 @@ def feature_cache_for(
     Raises:
         TypeError: when ``network`` has no frozen FPT branch.
     """
-    from monai_shpeft.importance import unwrap
+    from monai_shpeft.utils import unwrap
 
     network = unwrap(network)
     extractor = getattr(network, "extractor", None)

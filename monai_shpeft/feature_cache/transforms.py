@@ -9,7 +9,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTrait, Transform
 
-from monai_shpeft.data.feature_cache import FeatureCacheError, FrozenFeatureCache, item_source
+from monai_shpeft.feature_cache.store import FeatureCacheError, FrozenFeatureCache, item_source
 
 __all__ = ["LoadFrozenFeatures", "LoadFrozenFeaturesd"]
 
