@@ -28,7 +28,14 @@ from monai_shpeft.backbones.classifier import (
 )
 from monai_shpeft.backbones.errors import PretrainedWeightsUnavailableError
 from monai_shpeft.backbones.head import L2NormLinearHead
-from monai_shpeft.backbones.names import check_image_size, normalization_stats, patch_size_of
+from monai_shpeft.backbones.names import (
+    TINY_DEPTH,
+    TINY_HEADS,
+    TINY_WIDTH,
+    check_image_size,
+    normalization_stats,
+    patch_size_of,
+)
 from monai_shpeft.backbones.weights import load_backbone_weights
 
 __all__ = [
@@ -42,4 +49,7 @@ __all__ = [
     "check_image_size",
     "parameter_groups",
     "patch_size_of",
+    "TINY_DEPTH",
+    "TINY_HEADS",
+    "TINY_WIDTH",
 ]

@@ -1,22 +1,10 @@
-"""The sparse trainable set: which entries of which backbone tensors SH-PEFT trains.
-
-SH-PEFT (Liu et al., Sec. 2.2) ranks every weight of the backbone by its importance and trains only the
-top ``budget`` of them through a binary mask ``M`` (Eq. 2). :class:`SparseTrainableSet` is that mask in a
-compact form: for each parameter, the sorted flat indices of its trainable entries, plus the shapes of every
-parameter in scope (so a set can be checked against a model before it is used) and a small header that says
-how it was made (backbone, strategy, lambda, budget).
-
-A set is chosen globally (:meth:`SparseTrainableSet.from_importance`: the top entries over the whole scope, as
-SH-PEFT does) or per neuron (:meth:`SparseTrainableSet.from_importance_per_row`: the same number of top entries in
-every row of every weight matrix, as GPS does).
-"""
+"""The set itself: per-parameter sorted flat indices, the shapes in scope, a header, and its safetensors file."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,164 +13,29 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from monai_shpeft.errors import InputError, SettingsError
+from monai_shpeft.errors import InputError
+from monai_shpeft.sparse_set.selection import (
+    block_of,
+    layer_type_of,
+    resolve_budget,
+    select_top_k,
+    select_top_k_per_row,
+)
 from monai_shpeft.utils import atomic_path, read_safetensors
 
-__all__ = [
-    "SparseSetMismatchError",
-    "SparseTrainableSet",
-    "block_of",
-    "layer_type_of",
-    "resolve_budget",
-    "select_top_k",
-    "select_top_k_per_row",
-]
+__all__ = ["SparseSetMismatchError", "SparseTrainableSet"]
 
 FORMAT_NAME = "monai_shpeft.sparse_trainable_set"
+
+
 FORMAT_VERSION = "1"
+
+
 _HEADER_KEY = "header"
-# "blocks.3." (timm), "resblocks.3." (open_clip), "layers.3." / "layer.3." (other ViTs)
-_BLOCK_PATTERN = re.compile(r"(?:^|\.)(?:blocks|resblocks|layers|layer)\.(\d+)\.")
 
 
 class SparseSetMismatchError(InputError, ValueError):
     """A sparse trainable set does not fit the model it is applied to (other backbone, names or shapes)."""
-
-
-def _strip_scope(name: str, scope: str | None) -> str:
-    prefix = f"{scope}." if scope else ""
-    return name[len(prefix) :] if prefix and name.startswith(prefix) else name
-
-
-def block_of(name: str, scope: str | None = "backbone") -> str:
-    """Return the block a parameter belongs to, for per-block counts.
-
-    Transformer blocks are named ``blocks.<i>`` whatever the library calls them; everything else (patch and
-    position embeddings, class token, final norm) is named by its first component.
-
-    Args:
-        name: full parameter name, e.g. ``backbone.blocks.3.attn.qkv.weight``.
-        scope: prefix stripped before grouping (the backbone submodule's name).
-
-    Returns:
-        a block name such as ``blocks.3``, ``patch_embed`` or ``pos_embed``.
-    """
-    match = _BLOCK_PATTERN.search(name)
-    if match:
-        return f"blocks.{int(match.group(1))}"
-    return _strip_scope(name, scope).split(".")[0]
-
-
-def layer_type_of(name: str, scope: str | None = "backbone") -> str:
-    """Return the parameter's role inside its block, e.g. ``attn.qkv.weight`` or ``norm1.bias``.
-
-    Args:
-        name: full parameter name.
-        scope: prefix stripped from names outside transformer blocks.
-
-    Returns:
-        the part of the name after the block index, or the scope-stripped name outside blocks.
-    """
-    match = _BLOCK_PATTERN.search(name)
-    if match:
-        return name[match.end() :]
-    return _strip_scope(name, scope)
-
-
-def resolve_budget(budget: float | int, total: int) -> int:
-    """Turn a budget into an exact number of trainable entries.
-
-    Args:
-        budget: a float in (0, 1] is a ratio of ``total`` (0.01 = 1%); an int >= 1 is an absolute count.
-        total: number of entries in scope.
-
-    Returns:
-        the number of entries to select, at least 1.
-
-    Raises:
-        SettingsError: for a budget that is not positive, a ratio above 1, or a count above ``total``.
-    """
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)):
-        raise SettingsError(f"budget must be a ratio (float in (0, 1]) or a count (int >= 1), got {budget!r}.")
-    if isinstance(budget, float):
-        if not 0.0 < budget <= 1.0:
-            raise SettingsError(f"budget ratio must be in (0, 1] (0.01 means 1%), got {budget}.")
-        return max(1, int(round(budget * total)))
-    if not 1 <= budget <= total:
-        raise SettingsError(f"budget count must be between 1 and the {total} weights in scope, got {budget}.")
-    return int(budget)
-
-
-def select_top_k(importance: Mapping[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
-    """Pick exactly ``k`` entries with the largest importance over all tensors.
-
-    The threshold ``tau`` is the k-th largest score; every entry above it is selected, and entries equal to it
-    are taken in order of their position (parameter order, then flat index) until ``k`` are chosen, so the
-    result is deterministic even with ties.
-
-    Args:
-        importance: per-parameter importance scores, in parameter order.
-        k: how many entries to select.
-
-    Returns:
-        per-parameter sorted flat indices (int64, CPU) of the selected entries; every name is present.
-
-    Raises:
-        ValueError: if a score is NaN or ``k`` is out of range.
-    """
-    names = list(importance)
-    flat = torch.cat([importance[n].detach().reshape(-1).float().cpu() for n in names])
-    total = flat.numel()
-    if not 0 < k <= total:
-        raise ValueError(f"cannot select {k} of {total} entries.")
-    if torch.isnan(flat).any():
-        bad = next(n for n in names if torch.isnan(importance[n]).any())
-        raise ValueError(f"importance of parameter '{bad}' contains NaN; the estimation is not usable.")
-    tau = torch.kthvalue(flat, total - k + 1).values
-    chosen = flat > tau
-    missing = k - int(chosen.sum())
-    if missing > 0:
-        ties = torch.nonzero(flat == tau).flatten()[:missing]  # nonzero is in ascending position order
-        chosen[ties] = True
-    result: dict[str, torch.Tensor] = {}
-    offset = 0
-    for name in names:
-        numel = importance[name].numel()
-        result[name] = torch.nonzero(chosen[offset : offset + numel]).flatten().to(torch.int64)
-        offset += numel
-    return result
-
-
-def select_top_k_per_row(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Pick the ``k`` entries with the largest importance in every row of a weight tensor.
-
-    A row is an output neuron: dimension 0 of the tensor, every other dimension flattened into its incoming
-    connections (a ``Linear`` weight ``(out, in)``: one row per output feature; a convolution ``(out, in, kh, kw)``:
-    one row per output channel). A row with ``k`` or fewer entries is selected whole. Ties are taken in order of
-    position, as in :func:`select_top_k`, so the result is deterministic.
-
-    Args:
-        scores: importance of each entry, at least 2-D.
-        k: entries to select per row, at least 1.
-
-    Returns:
-        sorted flat indices (int64, CPU) into ``scores`` of the selected entries, ``min(k, row length)`` per row.
-
-    Raises:
-        ValueError: if ``scores`` has fewer than two dimensions, ``k`` is below 1, or a score is NaN.
-    """
-    if scores.dim() < 2:
-        raise ValueError(f"per-row selection needs a tensor of two or more dimensions, got {list(scores.shape)}.")
-    if isinstance(k, bool) or int(k) < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}.")
-    rows = scores.detach().float().cpu().reshape(scores.shape[0], -1)
-    if torch.isnan(rows).any():
-        raise ValueError("importance contains NaN; the estimation is not usable.")
-    k = min(int(k), rows.shape[1])
-    # a stable descending sort keeps equal scores in position order, so ties go to the lowest column
-    columns = torch.sort(rows, dim=1, descending=True, stable=True).indices[:, :k]
-    flat = columns + torch.arange(rows.shape[0]).unsqueeze(1) * rows.shape[1]
-    return torch.sort(flat.flatten()).values.to(torch.int64)
 
 
 @dataclass
