@@ -263,7 +263,7 @@ def documented_commands(page: Path, text: str | None = None) -> tuple[list[Comma
                 continue
             if argv[0] not in {"python", "python3", "torchrun"}:
                 continue
-            if "-m" in argv:
+            if (argv[0] == "torchrun" and "-m" in argv) or argv[1:2] == ["-m"]:
                 index = argv.index("-m")
                 module, rest = argv[index + 1], tuple(argv[index + 2 :])
                 command = Command(module, rest, folder, where)
@@ -316,7 +316,7 @@ class _Group:
 def _constant(node: ast.AST | None):
     try:
         return ast.literal_eval(node) if node is not None else None
-    except ValueError:
+    except (ValueError, TypeError, SyntaxError):
         return None
 
 
@@ -651,6 +651,73 @@ def zip_problems(page: Path, text: str | None = None) -> list[str]:
     return problems
 
 
+# --- names of the package ----------------------------------------------------------------------------------------
+
+
+@cache
+def module_path(dotted: str) -> Path | None:
+    """The source file of a module of monai_shpeft (``__init__.py`` for a package), found without importing it."""
+    spec = importlib.util.find_spec("monai_shpeft")
+    assert spec and spec.origin, "monai_shpeft is not installed"
+    base = Path(spec.origin).parent.parent.joinpath(*dotted.split("."))
+    for path in (base / "__init__.py", base.with_suffix(".py")):
+        if path.is_file():
+            return path
+    return None
+
+
+@cache
+def top_level_names(path: Path) -> frozenset[str] | None:
+    """The names a module defines or imports at its top level (``None``: it has a module ``__getattr__``)."""
+    names: set[str] = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            if node.name == "__getattr__":
+                return None
+            names.add(node.name)
+        for inner in ast.walk(node) if isinstance(node, (ast.If, ast.Try)) else [node]:
+            if isinstance(inner, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+                targets = inner.targets if isinstance(inner, ast.Assign) else [inner.target]
+                names.update(n.id for target in targets for n in ast.walk(target) if isinstance(n, ast.Name))
+            elif isinstance(inner, (ast.Import, ast.ImportFrom)):
+                names.update((alias.asname or alias.name).split(".")[0] for alias in inner.names)
+    return frozenset(names)
+
+
+def name_problem(dotted: str) -> str | None:
+    """Why ``monai_shpeft.a.b.c`` names nothing: no such module, or no such name in the longest module it names."""
+    parts = dotted.split(".")
+    for end in range(len(parts), 0, -1):
+        path = module_path(".".join(parts[:end]))
+        if path is None:
+            continue
+        if end == len(parts):
+            return None
+        names = top_level_names(path)
+        if names is None or parts[end] in names:
+            return None
+        return f"{'.'.join(parts[:end])} has no {parts[end]}"
+    return f"no module {parts[0]}"
+
+
+def name_problems(page: Path, text: str | None = None) -> list[str]:
+    """Names of the package a page uses that do not exist: imports in Python blocks, dotted names elsewhere."""
+    text = page.read_text(encoding="utf-8") if text is None else text
+    blocks, prose = split_markdown(text)
+    used: set[str] = set()
+    for block in blocks:
+        if block.lang == "python":
+            for node in ast.walk(ast.parse("\n".join(block.lines))):
+                if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "monai_shpeft":
+                    used.update(f"{node.module}.{alias.name}" for alias in node.names)
+                elif isinstance(node, ast.Import):
+                    used.update(a.name for a in node.names if a.name.split(".")[0] == "monai_shpeft")
+        else:
+            used.update(re.findall(r"\bmonai_shpeft(?:\.[A-Za-z_]\w*)+", "\n".join(block.lines)))
+    used.update(re.findall(r"\bmonai_shpeft(?:\.[A-Za-z_]\w*)+", prose))
+    return [f"{rel(page)}: {name}: {problem}" for name in sorted(used) if (problem := name_problem(name))]
+
+
 # --- the tests --------------------------------------------------------------------------------------------------
 
 
@@ -701,6 +768,11 @@ def test_python_blocks_compile_and_zip_names_carry_the_version():
                 except SyntaxError as error:
                     problems.append(f"{rel(page)}:{block.line}: {error}")
         problems += zip_problems(page, text)
+    assert not problems, "\n".join(problems)
+
+
+def test_names_of_the_package_exist():
+    problems = [problem for page in doc_files() for problem in name_problems(page)]
     assert not problems, "\n".join(problems)
 
 
@@ -761,6 +833,17 @@ unzip busi_v0.0.1.zip && cd busi && python -m monai.bundle run --config_file con
         assert any(fragment in issue for issue in command_issues), (fragment, command_issues)
     assert len(command_issues) == len(expected), command_issues
     assert zip_problems(page, bad), "busi_v0.0.1.zip passed"
+    names = """`monai_shpeft.errors.ShpeftError` `monai_shpeft.errors.no_such_function` `monai_shpeft.no_such_module`
+
+```python
+from monai_shpeft.handlers import GradientMaskHandler, NoSuchHandler
+```
+"""
+    assert {p.split(": ", 2)[2] for p in name_problems(page, names)} == {
+        "monai_shpeft.handlers has no NoSuchHandler",
+        "monai_shpeft has no no_such_module",
+        "monai_shpeft.errors has no no_such_function",
+    }
     good = """```bash
 python -m monai.bundle run --config_file bundles/busi/configs/train.json --network_def#_target_ x  # an 'a#b' id
 python -m monai_shpeft.zoo new_bundle mine --csv labels.csv && cd mine
