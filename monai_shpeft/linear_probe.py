@@ -14,8 +14,9 @@ chosen by stratified cross-validation on the training features (log-loss), never
 from __future__ import annotations
 
 import logging
+import os
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,10 +24,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from monai_shpeft.backbones import L2NormLinearHead
+from monai_shpeft.backbones import L2NormLinearHead, build_classifier
 from monai_shpeft.utils import unwrap
 
-__all__ = ["DEFAULT_CS", "ProbeFit", "extract_features", "fit_probe", "load_probe_into_head"]
+__all__ = ["DEFAULT_CS", "ProbeFit", "extract_features", "fit_probe", "load_probe_into_head", "recipe_classifier"]
 
 logger = logging.getLogger(__name__)
 
@@ -206,3 +207,27 @@ def load_probe_into_head(head: nn.Module, fit: ProbeFit) -> None:
     with torch.no_grad():
         linear.weight.copy_(torch.as_tensor(fit.weight / scale, dtype=linear.weight.dtype))
         linear.bias.copy_(torch.as_tensor(fit.bias / scale, dtype=linear.bias.dtype))
+
+
+def recipe_classifier(
+    recipe: Mapping[str, Any], num_classes: int | None = None, pretrained: str | os.PathLike | None = None
+) -> nn.Module:
+    """The frozen backbone a probe record's recipe describes, with a head: the network the probe was fitted on.
+
+    FPT has no head of its own, so its probe is fitted, and later scored, on this classifier instead.
+
+    Args:
+        recipe: ``backbone``, ``image_size`` and optionally ``num_classes``, ``pretrained``, ``tiny``.
+        num_classes: classes of the head; ``None``: the recipe's.
+        pretrained: a weights file to use instead of the recipe's (the same weights, found elsewhere).
+
+    Returns:
+        the classifier, in training mode on the CPU.
+    """
+    return build_classifier(
+        recipe["backbone"],
+        int(num_classes if num_classes is not None else recipe["num_classes"]),
+        pretrained=pretrained if pretrained is not None else recipe.get("pretrained"),
+        image_size=int(recipe["image_size"]),
+        tiny=bool(recipe.get("tiny", False)),
+    )

@@ -123,3 +123,15 @@ def test_bfloat16_autocast_reaches_the_network_and_not_the_loaders_transforms(nu
     hook.remove()
     assert labels.tolist() == [0] * 8  # no item was made under autocast
     assert dtypes == [torch.bfloat16, torch.bfloat16] and features.dtype == np.float32
+
+
+def test_recipe_classifier_builds_the_network_a_probe_record_names() -> None:
+    from monai_shpeft.linear_probe import recipe_classifier
+
+    recipe = {"backbone": "timm:vit_small_patch14_dinov2", "image_size": 28, "num_classes": 3, "tiny": True}
+    network = recipe_classifier(recipe)
+    assert network.head.num_classes == 3 and network.backbone_name == recipe["backbone"]
+    assert network(torch.rand(2, 3, 28, 28)).shape == (2, 3)
+    assert recipe_classifier(recipe, num_classes=5).head.num_classes == 5  # the record's weight decides
+    with pytest.raises(FileNotFoundError):
+        recipe_classifier(recipe, pretrained="/nowhere/weights.safetensors")

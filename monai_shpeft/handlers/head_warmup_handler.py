@@ -14,11 +14,17 @@ from typing import TYPE_CHECKING, Any
 import torch
 from monai.utils import min_version, optional_import
 
-from monai_shpeft.backbones import build_classifier
 from monai_shpeft.distributed import is_main_process
 from monai_shpeft.errors import SettingsError
-from monai_shpeft.handlers.importance_estimation_handler import _engine_prepare_batch
-from monai_shpeft.linear_probe import DEFAULT_CS, ProbeFit, extract_features, fit_probe, load_probe_into_head
+from monai_shpeft.handlers.trainer_access import engine_prepare_batch, trainer_autocast_dtype
+from monai_shpeft.linear_probe import (
+    DEFAULT_CS,
+    ProbeFit,
+    extract_features,
+    fit_probe,
+    load_probe_into_head,
+    recipe_classifier,
+)
 from monai_shpeft.utils import atomic_write_json, unwrap
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
@@ -123,11 +129,11 @@ class HeadWarmupHandler:
         if record_only:
             # the probe is a side record here: its copy's init and its loader's seed must not shift training's draws
             with torch.random.fork_rng(devices=[]):
-                self.fit, num_images = self._fit_probe(engine, self._recipe_classifier().to(engine.state.device))
+                self.fit, num_images = self._fit_probe(engine, recipe_classifier(self.recipe).to(engine.state.device))
             gc.collect()  # the frozen copy was only needed for the features
             self.logger.info("%s trains its own head: the linear probe is fitted for the record only.", type(network))
         else:
-            self.fit, num_images = self._fit_probe(engine, network, int(head.num_classes))
+            self.fit, num_images = self._fit_probe(engine, network)
             load_probe_into_head(head, self.fit)
         # every rank computed the same fit from the same (unsharded) loader, so the heads agree without a broadcast
         seconds = time.perf_counter() - start
@@ -150,30 +156,18 @@ class HeadWarmupHandler:
             self.logger.info("Linear probe: training stops after the fit (the model is the probe).")
             engine.terminate()
 
-    def _fit_probe(
-        self, engine: Engine, network: torch.nn.Module, num_classes: int | None = None
-    ) -> tuple[ProbeFit, int]:
+    def _fit_probe(self, engine: Engine, network: torch.nn.Module) -> tuple[ProbeFit, int]:
         """Fit the probe on ``network``'s features of the warm-up loader; returns the fit and the number of images."""
         features, labels = extract_features(
             network,
             self.data_loader if self.data_loader is not None else engine.data_loader,
             engine.state.device,
-            prepare_batch=_engine_prepare_batch(engine),
-            autocast_dtype=getattr(engine.inferer, "autocast_dtype", None),
+            prepare_batch=engine_prepare_batch(engine),
+            autocast_dtype=trainer_autocast_dtype(engine),
             progress=self.progress,
         )
-        classes = num_classes if num_classes is not None else int(network.head.num_classes)
+        classes = int(network.head.num_classes)
         return fit_probe(features, labels, num_classes=classes, Cs=self.Cs, seed=self.seed), int(features.shape[0])
-
-    def _recipe_classifier(self) -> torch.nn.Module:
-        """The frozen backbone the recipe describes, with a head, for a network that has none of its own."""
-        return build_classifier(
-            self.recipe["backbone"],
-            int(self.recipe["num_classes"]),
-            pretrained=self.recipe.get("pretrained"),
-            image_size=int(self.recipe["image_size"]),
-            tiny=bool(self.recipe.get("tiny", False)),
-        )
 
 
 def _number(value: Any) -> Any:

@@ -18,7 +18,8 @@ from monai.utils import min_version, optional_import
 from monai_shpeft.distributed import is_main_process
 from monai_shpeft.errors import SettingsError
 from monai_shpeft.handlers.gradient_mask_handler import STATE_KEY
-from monai_shpeft.importance import ImportanceMode, ImportanceStrategy, estimate_importance, scoped_parameters, unwrap
+from monai_shpeft.handlers.trainer_access import calibration_loader, trainer_importance
+from monai_shpeft.importance import ImportanceMode, ImportanceStrategy, scoped_parameters, unwrap
 from monai_shpeft.methods import gps
 from monai_shpeft.sparse_set import SparseTrainableSet
 
@@ -153,10 +154,7 @@ class ImportanceEstimationHandler:
             the new sparse trainable set.
         """
         network = unwrap(engine.network)
-        loader = self.data_loader if self.data_loader is not None else engine.data_loader
-        num_iterations = self.num_iterations
-        if num_iterations is None and self.data_loader is None:
-            num_iterations = engine.state.epoch_length  # one epoch of the trainer, even for an endless loader
+        loader, num_iterations = calibration_loader(engine, self.data_loader, self.num_iterations)
         self.logger.info(
             "Estimating SH-PEFT importance: strategy=%s mode=%s lambda=%g budget=%s selection=%s over %s mini-batches.",
             self.strategy.value,
@@ -167,19 +165,14 @@ class ImportanceEstimationHandler:
             num_iterations if num_iterations is not None else "one epoch of",
         )
         start = time.perf_counter()
-        importance = estimate_importance(
-            network,
+        importance = trainer_importance(
+            engine,
             loader,
-            engine.loss_function,
+            num_iterations,
             strategy=self.strategy,
-            lambda_=self.lambda_,
             mode=self.mode,
-            num_iterations=num_iterations,
             scope=self.scope,
-            prepare_batch=_engine_prepare_batch(engine),
-            device=engine.state.device,
-            amp=bool(getattr(engine, "amp", False)),
-            autocast_dtype=getattr(engine.inferer, "autocast_dtype", None),  # the trainer's CPU autocast
+            lambda_=self.lambda_,
             progress=self.progress,
         )
         header = {
@@ -210,14 +203,3 @@ class ImportanceEstimationHandler:
             trainable_set.summary(),
         )
         return trainable_set
-
-
-def _engine_prepare_batch(engine: Engine) -> Any:
-    """The trainer's ``prepare_batch`` bound to its ``non_blocking`` and ``to_kwargs`` settings."""
-    prepare = engine.prepare_batch
-    to_kwargs = getattr(engine, "to_kwargs", {}) or {}
-
-    def prepare_for_estimation(batch: Any, device: Any, non_blocking: bool = False) -> Any:
-        return prepare(batch, device, getattr(engine, "non_blocking", non_blocking), **to_kwargs)
-
-    return prepare_for_estimation

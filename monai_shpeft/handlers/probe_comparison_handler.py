@@ -5,16 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from monai.utils import min_version, optional_import
 
-from monai_shpeft.backbones import build_classifier
-from monai_shpeft.linear_probe import ProbeFit, extract_features
+from monai_shpeft.handlers.trainer_access import trainer_autocast_dtype
+from monai_shpeft.linear_probe import ProbeFit, extract_features, recipe_classifier
 from monai_shpeft.metrics import probabilities_and_labels
 from monai_shpeft.utils import atomic_write_json
 
@@ -116,17 +114,6 @@ class ProbeComparisonHandler:
         self._model_probabilities.append(probabilities.detach().cpu().numpy())
         self._model_labels.append(labels.detach().cpu().numpy())
 
-    def _probe_network(self, record: Mapping[str, Any], num_classes: int) -> torch.nn.Module:
-        recipe = record.get("recipe") or {}
-        pretrained = self.pretrained if self.pretrained is not None else recipe.get("pretrained")
-        return build_classifier(
-            recipe["backbone"],
-            num_classes,
-            pretrained=pretrained,
-            image_size=int(recipe["image_size"]),
-            tiny=bool(recipe.get("tiny", False)),
-        )
-
     def __call__(self, engine: Engine) -> None:
         """Compute and report the probe's figures on the evaluator's data.
 
@@ -139,7 +126,8 @@ class ProbeComparisonHandler:
         record = json.loads(self.record_file.read_text())
         weight, bias = np.asarray(record["weight"]), np.asarray(record["bias"])
         fit = ProbeFit(weight, bias, float(record["C"]), float(record["cv_log_loss"]), float(record["train_accuracy"]))
-        network = self._probe_network(record, num_classes=weight.shape[0]).to(engine.state.device)
+        recipe = record.get("recipe") or {}
+        network = recipe_classifier(recipe, weight.shape[0], self.pretrained).to(engine.state.device)
         # in the evaluator's precision: with bfloat16 autocast, float32 features would move the probe's
         # probabilities past each other and a model that is the probe would no longer tie it
         features, labels = extract_features(
@@ -147,7 +135,7 @@ class ProbeComparisonHandler:
             engine.data_loader,
             engine.state.device,
             prepare_batch=engine.prepare_batch,
-            autocast_dtype=getattr(getattr(engine, "inferer", None), "autocast_dtype", None),
+            autocast_dtype=trainer_autocast_dtype(engine),
             progress=False,
         )
         logits = fit.logits(features)

@@ -15,8 +15,8 @@ from monai.utils import min_version, optional_import
 
 from monai_shpeft.distributed import is_main_process
 from monai_shpeft.handlers.gradient_mask_handler import STATE_KEY
-from monai_shpeft.handlers.importance_estimation_handler import _engine_prepare_batch
-from monai_shpeft.importance import ImportanceMode, ImportanceStrategy, estimate_importance, unwrap
+from monai_shpeft.handlers.trainer_access import calibration_loader, trainer_importance
+from monai_shpeft.importance import ImportanceMode, ImportanceStrategy, unwrap
 from monai_shpeft.methods import spt_lora
 from monai_shpeft.sparse_set import SparseTrainableSet
 
@@ -183,27 +183,20 @@ class SPTLoRAHandler:
             the allocation, and the number of calibration mini-batches asked for (``None``: one pass).
         """
         network = unwrap(engine.network)
-        loader = self.data_loader if self.data_loader is not None else engine.data_loader
-        num_iterations = self.num_iterations
-        if num_iterations is None and self.data_loader is None:
-            num_iterations = engine.state.epoch_length  # one epoch of the trainer, even for an endless loader
+        loader, num_iterations = calibration_loader(engine, self.data_loader, self.num_iterations)
         self.logger.info(
             "Estimating SPT sensitivity (squared gradients) over %s mini-batches; budget=%s rank=%d.",
             num_iterations if num_iterations is not None else "one epoch of",
             self.budget,
             self.rank,
         )
-        importance = estimate_importance(
-            network,
+        importance = trainer_importance(
+            engine,
             loader,
-            engine.loss_function,
+            num_iterations,
             strategy=ImportanceStrategy.L2,
             mode=ImportanceMode.TASK_SPECIFIC,
-            num_iterations=num_iterations,
             scope="backbone",
-            prepare_batch=_engine_prepare_batch(engine),
-            device=engine.state.device,
-            amp=bool(getattr(engine, "amp", False)),
             progress=self.progress,
         )
         candidates = spt_lora.linear_weight_names(network)

@@ -1,0 +1,102 @@
+"""What several handlers read from the MONAI trainer they are attached to, written once.
+
+The importance-style handlers (SH-PEFT and GPS importance, SPT sensitivity) and the head warm-up all run a pass of
+their own over a loader with the trainer's network, loss, batch preparation, device and precision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import torch
+from monai.utils import min_version, optional_import
+
+from monai_shpeft.importance import ImportanceMode, ImportanceStrategy, estimate_importance
+from monai_shpeft.utils import unwrap
+
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+else:
+    Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
+
+__all__ = ["calibration_loader", "engine_prepare_batch", "trainer_autocast_dtype", "trainer_importance"]
+
+
+def engine_prepare_batch(engine: Engine) -> Any:
+    """The trainer's ``prepare_batch`` bound to its ``non_blocking`` and ``to_kwargs`` settings."""
+    prepare = engine.prepare_batch
+    to_kwargs = getattr(engine, "to_kwargs", {}) or {}
+
+    def prepare_for_estimation(batch: Any, device: Any, non_blocking: bool = False) -> Any:
+        return prepare(batch, device, getattr(engine, "non_blocking", non_blocking), **to_kwargs)
+
+    return prepare_for_estimation
+
+
+def trainer_autocast_dtype(engine: Engine) -> torch.dtype | None:
+    """The autocast dtype of the trainer's inferer (the bundles' CPU bfloat16), ``None`` without one."""
+    return getattr(getattr(engine, "inferer", None), "autocast_dtype", None)
+
+
+def calibration_loader(
+    engine: Engine, data_loader: Iterable | None, num_iterations: int | None
+) -> tuple[Iterable, int | None]:
+    """The loader a handler's own pass reads, and how many mini-batches it takes.
+
+    Args:
+        engine: the trainer.
+        data_loader: the handler's own loader; ``None``: the trainer's.
+        num_iterations: mini-batches asked for; ``None`` with the trainer's loader: one epoch of the trainer, even
+            for an endless loader; ``None`` with the handler's loader: one pass over it.
+
+    Returns:
+        the loader and the number of mini-batches (``None``: one pass).
+    """
+    if data_loader is not None:
+        return data_loader, num_iterations
+    return engine.data_loader, num_iterations if num_iterations is not None else engine.state.epoch_length
+
+
+def trainer_importance(
+    engine: Engine,
+    data_loader: Iterable,
+    num_iterations: int | None,
+    strategy: ImportanceStrategy,
+    mode: ImportanceMode,
+    scope: str | None,
+    lambda_: float = 1.0,
+    progress: bool = True,
+) -> dict[str, torch.Tensor]:
+    """The importance of the trainer's network, with the trainer's loss, batch preparation, device and precision.
+
+    :func:`~monai_shpeft.importance.estimate_importance` run as the trainer would run a step.
+
+    Args:
+        engine: the trainer.
+        data_loader: the calibration loader (see :func:`calibration_loader`).
+        num_iterations: mini-batches to use (``None``: one pass).
+        strategy: ``l1`` or ``l2`` terms.
+        mode: hybrid, task-specific or task-agnostic.
+        scope: the submodule whose parameters are scored.
+        lambda_: the task-agnostic weight.
+        progress: show a progress bar.
+
+    Returns:
+        importance per parameter name.
+    """
+    return estimate_importance(
+        unwrap(engine.network),
+        data_loader,
+        engine.loss_function,
+        strategy=strategy,
+        lambda_=lambda_,
+        mode=mode,
+        num_iterations=num_iterations,
+        scope=scope,
+        prepare_batch=engine_prepare_batch(engine),
+        device=engine.state.device,
+        amp=bool(getattr(engine, "amp", False)),
+        autocast_dtype=trainer_autocast_dtype(engine),
+        progress=progress,
+    )
