@@ -19,7 +19,6 @@ fine-tuned network on any machine that has the public backbone weights.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from collections.abc import Mapping
@@ -29,10 +28,9 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from safetensors.torch import save_file
 
 from monai_shpeft.errors import InputError
-from monai_shpeft.utils import atomic_path, read_safetensors, sha256_of_file, unwrap
+from monai_shpeft.utils import load_tagged_safetensors, save_tagged_safetensors, sha256_of_file, unwrap
 
 __all__ = [
     "DELTA_FORMAT",
@@ -205,10 +203,7 @@ class SparseDelta:
             "base_names": self.base_names,
             "base_sha256": self.base_sha256,
         }
-        metadata = {"format": DELTA_FORMAT, "version": str(DELTA_FORMAT_VERSION), _HEADER_KEY: json.dumps(header)}
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata=metadata)
-        return Path(path)
+        return save_tagged_safetensors(path, tensors, DELTA_FORMAT, DELTA_FORMAT_VERSION, header, _HEADER_KEY)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SparseDelta:
@@ -225,15 +220,7 @@ class SparseDelta:
             ValueError: if it is not a readable sparse delta.
         """
         path = Path(path)
-        metadata, tensors = read_safetensors(path, "sparse delta")
-        if metadata.get("format") != DELTA_FORMAT:
-            kind = metadata.get("format", "no format tag")
-            raise ValueError(f"{path} is a safetensors file but not a sparse delta ({kind}).")
-        if int(metadata.get("version", 0)) > DELTA_FORMAT_VERSION:
-            raise ValueError(
-                f"{path} was written by a newer monai-shpeft (delta format {metadata['version']}); upgrade to read it."
-            )
-        header = json.loads(metadata[_HEADER_KEY])
+        header, tensors = load_tagged_safetensors(path, "sparse delta", DELTA_FORMAT, DELTA_FORMAT_VERSION, _HEADER_KEY)
         sparse = {
             name[len(_SPARSE_INDICES) :]: (tensor, tensors[_SPARSE_VALUES + name[len(_SPARSE_INDICES) :]])
             for name, tensor in tensors.items()

@@ -19,6 +19,8 @@ from torch import nn
 from monai_shpeft.errors import SettingsError
 
 __all__ = [
+    "load_tagged_safetensors",
+    "save_tagged_safetensors",
     "unwrap",
     "as_flag",
     "atomic_path",
@@ -176,6 +178,68 @@ def read_safetensors(path: str | os.PathLike, what: str) -> tuple[dict[str, str]
     except Exception as error:  # safetensors raises its own error types for corrupt files
         raise ValueError(f"{path} is not a readable safetensors file: {error}") from error
     return metadata, tensors
+
+
+def save_tagged_safetensors(
+    path: str | os.PathLike,
+    tensors: dict[str, Any],
+    format_name: str,
+    version: int,
+    header: dict[str, Any],
+    header_key: str = "header",
+) -> Path:
+    """Write ``tensors`` to a ``.safetensors`` file, atomically, tagged with a format, its version and a JSON header.
+
+    Args:
+        path: the file.
+        tensors: name -> tensor (made contiguous by the caller).
+        format_name: the format tag that :func:`load_tagged_safetensors` checks.
+        version: the format's version.
+        header: JSON-serialisable description stored in the metadata.
+        header_key: the metadata key of the header (kept per format for files already written).
+
+    Returns:
+        the path.
+    """
+    import json
+
+    from safetensors.torch import save_file
+
+    metadata = {"format": format_name, "version": str(version), header_key: json.dumps(header)}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return Path(path)
+
+
+def load_tagged_safetensors(
+    path: str | os.PathLike, what: str, format_name: str, version: int, header_key: str = "header"
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read a file written by :func:`save_tagged_safetensors`, checking its format tag and version.
+
+    Args:
+        path: the file.
+        what: what the file should be (e.g. ``"sparse delta"``), for the error messages.
+        format_name: the expected format tag.
+        version: the newest format version this code reads.
+        header_key: the metadata key of the header.
+
+    Returns:
+        ``(header, tensors)``.
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        ValueError: if it is not a readable safetensors file, not a ``what``, or of a newer format version.
+    """
+    import json
+
+    metadata, tensors = read_safetensors(path, what)
+    if metadata.get("format") != format_name:
+        raise ValueError(f"{path} is a safetensors file but not a {what} ({metadata.get('format', 'no format tag')}).")
+    if int(metadata.get("version", 0)) > version:
+        raise ValueError(
+            f"{path} was written by a newer monai-shpeft ({what} format {metadata['version']}); upgrade to read it."
+        )
+    return json.loads(metadata[header_key]), tensors
 
 
 def _bundle_folder(config_dir: Path) -> str:

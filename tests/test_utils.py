@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from monai_shpeft.utils import as_flag, atomic_path, atomic_write_json, sha256_of_file
 
@@ -70,3 +71,17 @@ def test_atomic_writes_leave_an_ordinary_readable_file(tmp_path: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask  # not mkstemp's private 0600
+
+
+def test_tagged_safetensors_round_trip_and_refuse_other_formats_and_newer_versions(tmp_path: Path) -> None:
+    from monai_shpeft.utils import load_tagged_safetensors, save_tagged_safetensors
+
+    path = save_tagged_safetensors(tmp_path / "t.safetensors", {"a": torch.arange(3)}, "fmt", 1, {"k": [1, 2]}, "h")
+    header, tensors = load_tagged_safetensors(path, "thing", "fmt", 1, "h")
+    assert header == {"k": [1, 2]} and torch.equal(tensors["a"], torch.arange(3))
+    with pytest.raises(ValueError, match=r"not a thing \(fmt\)"):
+        load_tagged_safetensors(path, "thing", "other", 1, "h")
+    save_tagged_safetensors(path, {"a": torch.arange(3)}, "fmt", 2, {}, "h")
+    with pytest.raises(ValueError, match=r"newer monai-shpeft \(thing format 2\); upgrade"):
+        load_tagged_safetensors(path, "thing", "fmt", 1, "h")
+    assert not list(tmp_path.glob("*.tmp*"))  # written atomically

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -11,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from monai_shpeft.errors import InputError
 from monai_shpeft.sparse_set.selection import (
@@ -21,14 +19,14 @@ from monai_shpeft.sparse_set.selection import (
     select_top_k,
     select_top_k_per_row,
 )
-from monai_shpeft.utils import atomic_path, read_safetensors
+from monai_shpeft.utils import load_tagged_safetensors, save_tagged_safetensors
 
 __all__ = ["SparseSetMismatchError", "SparseTrainableSet"]
 
 FORMAT_NAME = "monai_shpeft.sparse_trainable_set"
 
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = 1
 
 
 _HEADER_KEY = "header"
@@ -305,10 +303,7 @@ class SparseTrainableSet:
             "selected": self.num_selected,
             "total": self.num_total,
         }
-        metadata = {"format": FORMAT_NAME, "version": FORMAT_VERSION, _HEADER_KEY: json.dumps(header)}
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata=metadata)
-        return Path(path)
+        return save_tagged_safetensors(path, tensors, FORMAT_NAME, FORMAT_VERSION, header, _HEADER_KEY)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SparseTrainableSet:
@@ -325,10 +320,7 @@ class SparseTrainableSet:
             ValueError: if the file is not a sparse trainable set.
         """
         path = Path(path)
-        metadata, tensors = read_safetensors(path, "sparse trainable set")
-        if metadata.get("format") != FORMAT_NAME:
-            raise ValueError(f"{path} is a safetensors file but not a sparse trainable set (format tag missing).")
-        info = json.loads(metadata[_HEADER_KEY])
+        info, tensors = load_tagged_safetensors(path, "sparse trainable set", FORMAT_NAME, FORMAT_VERSION, _HEADER_KEY)
         shapes = {n: tuple(s) for n, s in info["shapes"].items()}
         loaded = cls(indices=dict(tensors), shapes=shapes, header=info.get("header", {}), scope=info.get("scope"))
         if loaded.num_selected != info.get("selected", loaded.num_selected):
