@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -113,13 +115,15 @@ def torchrun_bundle(nproc: int, port: int, *args: str) -> list[str]:
     return [torchrun, "--nproc_per_node", str(nproc), "--master_port", str(port), "-m", "monai.bundle", "run", *args]
 
 
+def run_process(args: Sequence[str], cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run a real subprocess (one OpenMP thread, unbuffered output) and return it, whatever its exit status."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return subprocess.run(list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
 def run_command(args: Sequence[str], cwd: Path, timeout: int = 600, tail: int = 4000) -> str:
     """Run a real subprocess; fail the test with the end of its output when it exits non-zero."""
-    import os
-    import subprocess
-
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    done = subprocess.run(list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    done = run_process(args, cwd, timeout)
     output = done.stdout + done.stderr
     if done.returncode != 0:
         raise AssertionError(f"{' '.join(args)} exited {done.returncode}:\n{output[-tail:]}")

@@ -21,7 +21,7 @@ from monai_shpeft.benchmark.report import METRICS, efficiency_score, markdown_ta
 from monai_shpeft.benchmark.runner import BenchmarkRunner, format_duration
 from monai_shpeft.benchmark.worker import bundle_overrides
 from monai_shpeft.methods import DEFAULT_HEAD_LEARNING_RATES, DEFAULT_LEARNING_RATES, METHODS
-from tests.helpers import copy_bundles, write_busi_folder
+from tests.helpers import copy_bundles, run_process, write_busi_folder
 
 #: the tiny backbone at tiny sizes
 TINY = [
@@ -253,7 +253,7 @@ def test_durations_read_naturally() -> None:
 
 def _benchmark(work: Path, *args: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "monai_shpeft.benchmark", "--dataset_dir", "busi", "--bundle", "bundles/busi"]
-    return subprocess.run([*command, *TINY, *args], cwd=work, capture_output=True, text=True, timeout=900)
+    return run_process([*command, *TINY, *args], work, timeout=900)
 
 
 @pytest.fixture(scope="module")

@@ -6,16 +6,14 @@ the cause as the last line on the terminal, no traceback above it, and the full 
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
 from monai_shpeft.failure_report import FAILURE_LOG
-from tests.helpers import TINY_BUNDLE_ARGS, copy_bundles, monai_bundle, write_busi_folder
+from tests.helpers import TINY_BUNDLE_ARGS, copy_bundles, monai_bundle, run_process, write_busi_folder
 
 TRAIN = "bundles/busi/configs/train.json"
 EVALUATE = f"['{TRAIN}','bundles/busi/configs/evaluate.json']"
@@ -40,8 +38,7 @@ def _run(work: Path, name: str, *args: str, config: str = TRAIN, data: str = "bu
         "run", "--config_file", config, "--dataset_dir", data, "--output_dir", output_dir, "--max_epochs", "1",
         *TINY_BUNDLE_ARGS, *args,
     )  # fmt: skip
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    done = run_process(command, work)
     return done.returncode, done.stdout + done.stderr, output_dir
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import numpy as np
 from pydicom.data import get_testdata_file
 
 from monai_shpeft.data.__main__ import check_folder, image_files
-from tests.helpers import write_busi_folder
+from tests.helpers import run_process, write_busi_folder
 
 
 def test_check_lists_every_unusable_file_with_its_cause_and_fails(tmp_path: Path) -> None:
@@ -28,12 +27,7 @@ def test_check_lists_every_unusable_file_with_its_cause_and_fails(tmp_path: Path
     (root / "labels.csv").write_text("image,label\n")  # a table, not read
     report = tmp_path / "bad.json"
 
-    done = subprocess.run(
-        [sys.executable, "-m", "monai_shpeft.data", "check", str(root), "--report", str(report)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_process([sys.executable, "-m", "monai_shpeft.data", "check", str(root), "--report", str(report)])
     assert done.returncode == 1
     checked = len(image_files(root))
     assert checked == 3 * 3 * 2 + 3  # images and masks, the page, the suffix-less DICOM, the NIfTI
@@ -49,12 +43,7 @@ def test_check_lists_every_unusable_file_with_its_cause_and_fails(tmp_path: Path
 def test_a_clean_folder_passes_and_a_missing_one_says_so(tmp_path: Path) -> None:
     root = write_busi_folder(tmp_path / "busi", per_class=2)
     assert check_folder(root, progress=False) == {}
-    done = subprocess.run(
-        [sys.executable, "-m", "monai_shpeft.data", "check", str(tmp_path / "nowhere")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_process([sys.executable, "-m", "monai_shpeft.data", "check", str(tmp_path / "nowhere")])
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1].startswith("DatasetFolderError: ")
     assert "nowhere is not a folder" in done.stderr

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from monai.bundle import verify_metadata
 
-from tests.helpers import REPO_ROOT, TINY_BUNDLE_ARGS, monai_bundle, run_command, write_png
+from tests.helpers import REPO_ROOT, TINY_BUNDLE_ARGS, monai_bundle, run_command, run_process, write_png
 
 pytestmark = pytest.mark.filterwarnings("ignore:No hash value provided:UserWarning")
 
@@ -83,7 +82,7 @@ def test_a_csv_with_a_split_column_becomes_a_bundle_that_trains_and_infers(tmp_p
 
 
 def _last_line_of_failure(args: list[str], cwd: Path) -> str:
-    done = subprocess.run(zoo(*args), cwd=cwd, capture_output=True, text=True, timeout=300)
+    done = run_process(zoo(*args), cwd, timeout=300)
     assert done.returncode == 2, done.stdout + done.stderr
     return (done.stdout + done.stderr).strip().splitlines()[-1]
 
