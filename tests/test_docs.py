@@ -27,7 +27,7 @@ BUNDLES = REPO / "bundles"
 TEMPLATES = REPO / "monai_shpeft" / "zoo" / "templates"
 MAX_README_LINES = 250
 #: files a page may link before they are committed; remove an entry once its file is in the repository
-PENDING_FILES = {REPO / "CONTRIBUTING.md"}
+PENDING_FILES: set[Path] = set()
 #: argparse actions that take no value
 FLAG_ACTIONS = {"store_true", "store_false", "store_const", "append_const", "count", "help", "version"}
 #: placeholders the pages use for "the other knobs as before"
@@ -35,8 +35,8 @@ ELLIPSIS = "..."
 
 
 def doc_files() -> list[Path]:
-    """README.md and the Markdown pages of docs/ (not the result files under docs/benchmarks/)."""
-    return [README, *sorted(DOCS.glob("*.md"))]
+    """README.md, CONTRIBUTING.md and the Markdown pages of docs/ (not the result files under docs/benchmarks/)."""
+    return [README, REPO / "CONTRIBUTING.md", *sorted(DOCS.glob("*.md"))]
 
 
 def rel(path: Path) -> str:
