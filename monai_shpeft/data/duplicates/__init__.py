@@ -7,8 +7,8 @@ Two images are
 * **near duplicates** when the difference hashes of their small grey thumbnails differ in at most ``threshold``
   bits (re-encoded JPEGs, the same frame with or without calipers, neighbouring frames of one sweep).
 
-Duplicates are grouped into clusters (connected components, with a union-find) and a split is checked for
-clusters whose members sit in different parts: a model then meets a test image, or its near copy, in training.
+Duplicates are grouped into clusters (scipy's ``connected_components``) and a split is checked for clusters whose
+members sit in different parts: a model then meets a test image, or its near copy, in training.
 ``stratified_split(..., groups=...)`` keeps each cluster in one part.
 
 Hashing reads each file once: PNG / JPEG / BMP / TIFF with PIL, anything else (DICOM, NIfTI, whole-slide images)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from monai_shpeft.data.duplicates.hashing import _PROGRESS_FROM, DEFAULT_HASH_SIZE, ImageFingerprint, fingerprint_images
 from monai_shpeft.data.duplicates.report import DuplicateReport, _part_order
@@ -92,24 +94,6 @@ def near_duplicate_pairs(hashes: Sequence[str], threshold: int, progress: bool =
             if start + a < start + b:  # the block's own diagonal and lower triangle are skipped
                 pairs.append((valid[start + a], valid[start + b], int(distance[a, b])))
     return sorted(pairs)
-
-
-class _UnionFind:
-    """Disjoint sets over ``0..n-1`` with path halving; the smaller index is the root."""
-
-    def __init__(self, size: int) -> None:
-        self.parent = list(range(size))
-
-    def find(self, index: int) -> int:
-        while self.parent[index] != index:
-            self.parent[index] = self.parent[self.parent[index]]
-            index = self.parent[index]
-        return index
-
-    def union(self, first: int, second: int) -> None:
-        a, b = self.find(first), self.find(second)
-        if a != b:
-            self.parent[max(a, b)] = min(a, b)
 
 
 @dataclass(frozen=True)
@@ -310,14 +294,21 @@ def find_duplicates(
         for position, i in enumerate(members):
             for j in members[position + 1 :]:
                 pairs.setdefault((i, j), DuplicatePair(i, j, 0, True))
-    links = _UnionFind(len(fingerprints))
-    for pair in pairs.values():
-        links.union(pair.first, pair.second)
-    components: dict[int, list[int]] = {}
-    for index in range(len(fingerprints)):
-        components.setdefault(links.find(index), []).append(index)
-    clusters = sorted(members for members in components.values() if len(members) > 1)
+    clusters = _connected_clusters(len(fingerprints), pairs.keys())
     return DuplicateIndex(fingerprints, threshold, hash_size, sorted(pairs.values(), key=_pair_key), clusters)
+
+
+def _connected_clusters(size: int, links: Iterable[tuple[int, int]]) -> list[list[int]]:
+    """The connected components of two or more of ``0..size-1`` joined by ``links``, each sorted, in order."""
+    pairs = list(links)
+    first = np.asarray([i for i, _ in pairs], dtype=np.int64)
+    second = np.asarray([j for _, j in pairs], dtype=np.int64)
+    graph = coo_matrix((np.ones(len(first), dtype=np.int8), (first, second)), shape=(size, size))
+    _, component_of = connected_components(graph, directed=False)
+    components: dict[int, list[int]] = {}
+    for index, component in enumerate(component_of.tolist()):
+        components.setdefault(component, []).append(index)
+    return sorted(members for members in components.values() if len(members) > 1)
 
 
 def _pair_key(pair: DuplicatePair) -> tuple[int, int]:

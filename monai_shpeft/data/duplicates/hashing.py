@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -88,8 +88,9 @@ def _read_with_pil(path: str) -> tuple[np.ndarray, np.ndarray]:
     """Pixels (``[H, W]`` or ``[H, W, C]``) and the 2-D grey plane of a raster image."""
     from PIL import Image
 
-    with Image.open(path) as image:
-        image.load()
+    with Image.open(path) as opened:
+        opened.load()
+        image: Image.Image = opened
         if image.mode in ("P", "PA"):  # a palette PNG and its RGB twin hold the same picture
             image = image.convert("RGBA")
         elif image.mode == "1":
@@ -240,7 +241,7 @@ def fingerprint_images(
                 results[index] = fingerprint
         if cache_path is not None:
             for index in todo:
-                entry = asdict(results[index])  # type: ignore[arg-type]
+                entry = asdict(cast(ImageFingerprint, results[index]))  # hashed just above
                 entry.pop("path")
                 cache[str(Path(names[index]).resolve())] = {**entry, "stamp": _file_stamp(names[index])}
             atomic_write_json(cache_path, {"version": _CACHE_VERSION, "hash_size": hash_size, "entries": cache}, 0)
