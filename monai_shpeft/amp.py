@@ -137,10 +137,10 @@ class AutocastInferer(Inferer):
         Returns:
             the network's output, floating tensors cast to float32.
         """
-        dtype = self.autocast_dtype
-        if dtype is None:
+        policy = self.policy
+        if policy is None or policy.autocast_dtype is None:
             return network(inputs, *args, **kwargs)
-        with torch.autocast(self.policy.device_type, dtype=dtype):
+        with torch.autocast(policy.device_type, dtype=policy.autocast_dtype):
             output = network(inputs, *args, **kwargs)
         if isinstance(output, torch.Tensor) and output.is_floating_point():
             return output.float()

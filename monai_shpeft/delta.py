@@ -304,7 +304,7 @@ def apply_delta(network: nn.Module, delta_file: str | os.PathLike) -> nn.Module:
     return network
 
 
-def recorded_pretrained(delta_file: str | os.PathLike) -> str:
+def recorded_pretrained(delta_file: str | os.PathLike) -> str | None:
     """The ``pretrained`` value to build the delta's base network with, from the delta's recipe.
 
     A pretrained tag (e.g. ``"openai"``) is returned as is. A weights file is returned if it is still at the recorded

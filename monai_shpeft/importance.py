@@ -222,7 +222,7 @@ def estimate_importance(
     return combine_importance(task_specific, task_agnostic, lambda_, mode)
 
 
-def _default_prepare_batch(batch: Any, device: torch.device, non_blocking: bool = False) -> tuple[Any, Any]:
+def _default_prepare_batch(batch: Any, device: torch.device, non_blocking: bool = False) -> Any:
     from monai.engines.utils import default_prepare_batch
 
     return default_prepare_batch(batch, device, non_blocking)

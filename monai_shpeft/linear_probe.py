@@ -18,7 +18,7 @@ import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -88,6 +88,7 @@ def extract_features(
     from monai.engines.utils import default_prepare_batch
 
     module = unwrap(network)
+    forward_features = cast(Callable[[torch.Tensor], torch.Tensor], module.forward_features)
     prepare = prepare_batch or default_prepare_batch
     device = torch.device(device)
     was_training = module.training
@@ -107,7 +108,7 @@ def extract_features(
                 with torch.autocast(
                     device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None
                 ):
-                    pooled = module.forward_features(prepared[0])
+                    pooled = forward_features(prepared[0])
                 features.append(pooled.float().cpu())
                 labels.append(torch.as_tensor(prepared[1]).reshape(-1).long().cpu())
     finally:

@@ -93,9 +93,9 @@ def check_settings(
                 fpt_max_epochs,
                 max_epochs,
             )
-        check_image_size(fpt_image_size, patch, "fpt_image_size", backbone)
-        check_image_size(fpt_side_image_size, patch, "fpt_side_image_size", backbone)
-        if fpt_side_image_size > fpt_image_size:
+        high = check_image_size(fpt_image_size, patch, "fpt_image_size", backbone)
+        low = check_image_size(fpt_side_image_size, patch, "fpt_side_image_size", backbone)
+        if low > high:
             raise SettingsError(
                 f"fpt_side_image_size {fpt_side_image_size} is larger than fpt_image_size {fpt_image_size}: the side "
                 "network reads the low-resolution copy. Swap them, or lower fpt_side_image_size."

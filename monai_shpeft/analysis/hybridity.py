@@ -246,8 +246,8 @@ def hybridity_figure(points: Sequence[HybridityPoint], title: str | None = None)
     positions = np.arange(len(ordered))
     overall.bar(positions - 0.2, [p.overlap for p in ordered], 0.4, color=colours, label="measured")
     overall.bar(positions + 0.2, [p.chance for p in ordered], 0.4, color="lightgray", label="chance (= k)")
-    for x, point in zip(positions, ordered):
-        overall.text(x - 0.2, point.overlap, f"{point.overlap:.1%}", ha="center", va="bottom", fontsize=7)
+    for position, point in zip(positions, ordered):
+        overall.text(position - 0.2, point.overlap, f"{point.overlap:.1%}", ha="center", va="bottom", fontsize=7)
     overall.set_xticks(positions, labels)
     overall.set_xlabel("k (top share of the weights)")
     overall.set_ylabel("overlap |A∩B| / |A|")

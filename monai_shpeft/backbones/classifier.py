@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -191,10 +191,11 @@ def parameter_groups(model: nn.Module, head_lr: float | None = None) -> list[dic
     """
     while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
         model = model.module
-    if not isinstance(getattr(model, "backbone", None), nn.Module):
+    backbone_module = getattr(model, "backbone", None)
+    if not isinstance(backbone_module, nn.Module):
         return [{"params": [p for p in model.parameters() if p.requires_grad], "name": "trainable"}]
-    backbone = {"params": list(model.backbone.parameters()), "name": "backbone"}
-    head = {"params": list(model.head.parameters()), "name": "head"}
+    backbone: dict[str, Any] = {"params": list(backbone_module.parameters()), "name": "backbone"}
+    head: dict[str, Any] = {"params": list(cast(nn.Module, model.head).parameters()), "name": "head"}
     if head_lr is not None:
         head["lr"] = float(head_lr)
     return [backbone, head]

@@ -30,8 +30,9 @@ def _hub_unreachable_reason(repo_id: str, filenames: Sequence[str], cache_dir: s
         from huggingface_hub.errors import HfHubHTTPError
     except ImportError:  # the libraries then use plain URL downloads, which fail fast by themselves
         return None
+    hub_cache_dir = None if cache_dir is None else os.fspath(cache_dir)
     for filename in filenames:
-        if isinstance(try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir), str):
+        if isinstance(try_to_load_from_cache(repo_id, filename, cache_dir=hub_cache_dir), str):
             return None  # the library will pick the cached copy up
     try:
         get_hf_file_metadata(hf_hub_url(repo_id, filenames[-1]), timeout=_HUB_PROBE_TIMEOUT_S)

@@ -26,6 +26,8 @@ class L2NormLinearHead(nn.Module):
         ValueError: when ``in_features`` or ``num_classes`` is not positive, or ``logit_scale`` is not positive.
     """
 
+    logit_scale: torch.Tensor  # a registered buffer
+
     def __init__(self, in_features: int, num_classes: int, logit_scale: float = 1.0) -> None:
         super().__init__()
         if in_features <= 0 or num_classes <= 0:

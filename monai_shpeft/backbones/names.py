@@ -90,11 +90,11 @@ def patch_size_of(backbone: str) -> int | None:
     return None
 
 
-def check_image_size(image_size: int, patch_size: int | None, knob: str = "image_size", backbone: str = "") -> int:
+def check_image_size(image_size: object, patch_size: int | None, knob: str = "image_size", backbone: str = "") -> int:
     """Refuse an input size the backbone's patches do not tile.
 
     Args:
-        image_size: the size to check.
+        image_size: the size to check (any value: knobs come from command lines and configs).
         patch_size: the backbone's patch size (``None``: only positivity is checked).
         knob: the knob's name, quoted in the message.
         backbone: the backbone string, quoted in the message.

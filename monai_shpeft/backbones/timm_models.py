@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 import torch.nn as nn
 
@@ -28,7 +28,7 @@ def _build_timm(name: str, image_size: int, tiny: bool, tag: str | None, **kwarg
         net = _create_timm(name, create_kwargs, tiny, pretrained=False)
     else:
         net = _create_timm_pretrained(name, tag, create_kwargs)
-    return net, int(net.num_features)
+    return net, int(cast(int, net.num_features))  # timm models store their pooled width as an int
 
 
 def _create_timm(name: str, create_kwargs: dict[str, Any], tiny: bool, pretrained: bool) -> nn.Module:

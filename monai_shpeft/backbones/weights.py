@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn as nn
@@ -198,9 +198,8 @@ def _resize_position_table(state: dict[str, torch.Tensor], backbone: nn.Module, 
             # Class/register tokens keep their entries; only the patch grid is interpolated.
             no_embed_class = getattr(backbone, "no_embed_class", False)
             num_prefix = 0 if no_embed_class else int(getattr(backbone, "num_prefix_tokens", 1))
-            new = resample_abs_pos_embed(
-                old, new_size=list(backbone.patch_embed.grid_size), num_prefix_tokens=num_prefix
-            )
+            grid_size = cast(tuple[int, int], cast(nn.Module, backbone.patch_embed).grid_size)  # timm PatchEmbed
+            new = resample_abs_pos_embed(old, new_size=list(grid_size), num_prefix_tokens=num_prefix)
     except (RuntimeError, ValueError, AttributeError) as err:
         logger.warning("Could not resize the position table %s of '%s': %s", tuple(old.shape), path, err)
         return

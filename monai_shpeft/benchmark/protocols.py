@@ -239,7 +239,7 @@ def expand_runs(
     """
     names = list(METHODS) if list(methods) == ["all"] else [check_method(m) for m in methods]
     names = [m for m in METHODS if m in names]
-    runs = []
+    runs: list[RunSpec] = []
     for seed in seeds:
         for fold in [None] if folds is None else list(folds):
             for method in names:

@@ -388,7 +388,7 @@ def write_report(
         "best validation was the warmed head alone (epoch 0, before any fine-tuning step), so the test used it.",
         "",
     ]
-    if paired:
+    if paired and reference is not None:
         text += [f"## Paired differences against {reference}", "", paired_table(paired, reference), ""]
         text += [
             f"Each method's test score minus {reference}'s on the same split (seed and fold), in percentage points: "

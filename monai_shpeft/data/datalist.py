@@ -117,8 +117,8 @@ def prepare_datalist(
             _check_split_size(where, listed, layout.classes, fractions)
         else:
             _check_kfold_size(where, listed, layout.classes, num_folds)
-        together = index is not None and duplicates == "keep_together"
-        groups = index.group_ids([item["image"] for item in listed]) if together else None
+        keep_together = duplicates == "keep_together"
+        groups = index.group_ids([item["image"] for item in listed]) if index is not None and keep_together else None
         try:
             if num_folds is None:
                 split = stratified_split(listed, fractions, seed=seed, groups=groups)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -129,7 +130,9 @@ def class_folder_items(
     return items
 
 
-def release_root(dataset_dir: str | Path, release_folder: str, first_class: str, dataset: str, expected: str) -> Path:
+def release_root(
+    dataset_dir: str | os.PathLike, release_folder: str, first_class: str, dataset: str, expected: str
+) -> Path:
     """The folder holding the class folders: ``dataset_dir`` itself, or its ``release_folder`` child.
 
     Args:

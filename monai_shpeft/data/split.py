@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Hashable, Sequence
+from typing import SupportsIndex
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
@@ -197,10 +198,10 @@ def check_folds(num_folds: int, fold: int, validation_fraction: float = DEFAULT_
 
 def _as_int(value: object) -> int | None:
     """``value`` as an ``int`` if it is an integer (Python's or NumPy's, not a bool), else ``None``."""
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, SupportsIndex):
         return None
     try:
-        return operator.index(value)  # type: ignore[call-overload]
+        return operator.index(value)
     except TypeError:
         return None
 
@@ -272,7 +273,7 @@ def _keep_groups_together(
     shared = sorted((m for m in members.values() if len(m) > 1), key=lambda m: m[0])  # in a fixed order
     if not shared:
         return positions
-    grouped = {index for group in shared for index in group}
+    grouped = {index for group_items in shared for index in group_items}
     part_of = {index: p for p, part in enumerate(positions) for index in part}
     # ungrouped items per (part, class): the pool that compensating moves draw from
     free: dict[tuple[int, Hashable], list[int]] = {}
@@ -281,12 +282,12 @@ def _keep_groups_together(
             if index not in grouped:
                 free.setdefault((p, labels[index]), []).append(index)
     rng = np.random.default_rng(seed)
-    for group in shared:
-        counts = [sum(1 for index in group if part_of[index] == p) for p in range(len(positions))]
-        if max(counts) == len(group):
+    for group_items in shared:
+        counts = [sum(1 for index in group_items if part_of[index] == p) for p in range(len(positions))]
+        if max(counts) == len(group_items):
             continue
         destination = min(range(len(positions)), key=lambda p: (-counts[p], -fractions[p], p))
-        for index in group:
+        for index in group_items:
             source = part_of[index]
             if source == destination:
                 continue

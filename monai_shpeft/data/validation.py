@@ -167,7 +167,7 @@ def check_datalist(
     datalist_file: str | os.PathLike | None = None,
     image_key: str = "image",
     num_workers: int = 0,
-) -> dict[str, list[dict]]:
+) -> dict[str, list[Mapping[str, Any]]]:
     """Check a split before training: labels, non-empty parts, and every image readable.
 
     Args:
@@ -234,7 +234,7 @@ def check_items(
     source: str | os.PathLike | None = None,
     image_key: str = "image",
     num_workers: int = 0,
-) -> list[dict]:
+) -> list[Mapping[str, Any]]:
     """:func:`check_datalist` for one list of items (e.g. the images inference will predict).
 
     Args:
@@ -266,7 +266,7 @@ def _check(
     remedy: str,
     image_key: str,
     num_workers: int,
-) -> dict[str, list[dict]]:
+) -> dict[str, list[Mapping[str, Any]]]:
     empty = [part for part, items in split.items() if not items]
     if empty:
         raise DatalistError(

@@ -25,7 +25,7 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -265,8 +265,8 @@ class FrozenFeatureCache:
             if not missing:
                 continue
             selected = torch.stack([torch.as_tensor(images[i]) for i in missing]).to(device)
-            with torch.no_grad():
-                features = network.frozen_features(selected)
+            with torch.no_grad():  # FPTNetwork.frozen_features (networks sit above this package: no import)
+                features = cast(Callable[[torch.Tensor], torch.Tensor], network.frozen_features)(selected)
             for index, feature in zip(missing, features):
                 self._store(keys[index], feature)
             computed += len(missing)
@@ -289,7 +289,7 @@ class FrozenFeatureCache:
             atomic_write_json(manifest, self.identity)
 
 
-def item_source(item: Mapping[str, Any], image_key: str = "image", source_key: str | None = "image_path") -> str | None:
+def item_source(item: Mapping[Any, Any], image_key: str = "image", source_key: str | None = "image_path") -> str | None:
     """The file an item's image was read from: ``item[source_key]``, else the image's ``filename_or_obj`` meta."""
     source = item.get(source_key) if source_key else None
     if source is None:

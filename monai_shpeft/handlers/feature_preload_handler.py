@@ -15,6 +15,7 @@ from monai_shpeft.feature_cache.store import FrozenFeatureCache
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 if TYPE_CHECKING:
     from ignite.engine import Engine
+    from monai.engines import SupervisedTrainer
 else:
     Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
 
@@ -66,7 +67,7 @@ class FeaturePreloadHandler:
         """
         engine.add_event_handler(Events.STARTED, self)
 
-    def __call__(self, engine: Engine) -> None:
+    def __call__(self, engine: SupervisedTrainer) -> None:
         """Fill the cache with ``engine.network`` on ``engine.state.device``.
 
         Args:

@@ -16,6 +16,7 @@ from monai_shpeft.utils import unwrap
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 if TYPE_CHECKING:
     from ignite.engine import Engine
+    from monai.engines import SupervisedTrainer
 else:
     Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
 
@@ -90,13 +91,13 @@ class GradientMaskHandler:
     def _available_set(self, engine: Engine) -> SparseTrainableSet | str | os.PathLike | None:
         return self.trainable_set if self.trainable_set is not None else getattr(engine.state, STATE_KEY, None)
 
-    def _on_started(self, engine: Engine) -> None:
+    def _on_started(self, engine: SupervisedTrainer) -> None:
         # the estimation handler may come later in the STARTED event; then activation waits for the first iteration
         trainable_set = self._available_set(engine)
         if trainable_set is not None:
             self.activate(engine, trainable_set)
 
-    def _on_iteration_started(self, engine: Engine) -> None:
+    def _on_iteration_started(self, engine: SupervisedTrainer) -> None:
         if self._active is not None:
             return
         trainable_set = self._available_set(engine)
@@ -107,7 +108,7 @@ class GradientMaskHandler:
             )
         self.activate(engine, trainable_set)
 
-    def activate(self, engine: Engine, trainable_set: SparseTrainableSet | str | os.PathLike) -> None:
+    def activate(self, engine: SupervisedTrainer, trainable_set: SparseTrainableSet | str | os.PathLike) -> None:
         """Apply ``trainable_set`` to the engine's network now.
 
         Args:

@@ -9,11 +9,12 @@ import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from monai.utils import min_version, optional_import
 
+from monai_shpeft.backbones import L2NormLinearHead
 from monai_shpeft.distributed import is_main_process
 from monai_shpeft.errors import SettingsError
 from monai_shpeft.handlers.trainer_access import engine_prepare_batch, trainer_autocast_dtype
@@ -30,6 +31,7 @@ from monai_shpeft.utils import atomic_write_json, unwrap
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 if TYPE_CHECKING:
     from ignite.engine import Engine
+    from monai.engines import Evaluator, SupervisedTrainer
 else:
     Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
 
@@ -77,7 +79,7 @@ class HeadWarmupHandler:
         self,
         mode: str = "lbfgs",
         data_loader: Iterable[Any] | None = None,
-        validator: Engine | None = None,
+        validator: Evaluator | None = None,
         terminate: bool = False,
         Cs: Sequence[float] = DEFAULT_CS,
         seed: int = 0,
@@ -111,7 +113,7 @@ class HeadWarmupHandler:
         """
         engine.add_event_handler(Events.STARTED, self)
 
-    def __call__(self, engine: Engine) -> None:
+    def __call__(self, engine: SupervisedTrainer) -> None:
         """Fit the head, optionally validate the warmed network and stop.
 
         Args:
@@ -134,7 +136,7 @@ class HeadWarmupHandler:
             self.logger.info("%s trains its own head: the linear probe is fitted for the record only.", type(network))
         else:
             self.fit, num_images = self._fit_probe(engine, network)
-            load_probe_into_head(head, self.fit)
+            load_probe_into_head(cast(torch.nn.Module, head), self.fit)
         # every rank computed the same fit from the same (unsharded) loader, so the heads agree without a broadcast
         seconds = time.perf_counter() - start
         record: dict[str, Any] = {
@@ -156,7 +158,7 @@ class HeadWarmupHandler:
             self.logger.info("Linear probe: training stops after the fit (the model is the probe).")
             engine.terminate()
 
-    def _fit_probe(self, engine: Engine, network: torch.nn.Module) -> tuple[ProbeFit, int]:
+    def _fit_probe(self, engine: SupervisedTrainer, network: torch.nn.Module) -> tuple[ProbeFit, int]:
         """Fit the probe on ``network``'s features of the warm-up loader; returns the fit and the number of images."""
         features, labels = extract_features(
             network,
@@ -166,7 +168,7 @@ class HeadWarmupHandler:
             autocast_dtype=trainer_autocast_dtype(engine),
             progress=self.progress,
         )
-        classes = int(network.head.num_classes)
+        classes = int(cast(L2NormLinearHead, network.head).num_classes)
         return fit_probe(features, labels, num_classes=classes, Cs=self.Cs, seed=self.seed), int(features.shape[0])
 
 

@@ -26,6 +26,7 @@ from monai_shpeft.sparse_set import SparseTrainableSet
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 if TYPE_CHECKING:
     from ignite.engine import Engine
+    from monai.engines import SupervisedTrainer
 else:
     Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
 
@@ -118,7 +119,7 @@ class ImportanceEstimationHandler:
         """
         engine.add_event_handler(Events.STARTED, self)
 
-    def __call__(self, engine: Engine) -> None:
+    def __call__(self, engine: SupervisedTrainer) -> None:
         """Estimate (or load) the sparse trainable set and hand it to the gradient mask.
 
         Args:
@@ -144,7 +145,7 @@ class ImportanceEstimationHandler:
         )
         setattr(engine.state, STATE_KEY, trainable_set)
 
-    def estimate(self, engine: Engine) -> SparseTrainableSet:
+    def estimate(self, engine: SupervisedTrainer) -> SparseTrainableSet:
         """Run the estimation with the trainer's components and select the set.
 
         Args:

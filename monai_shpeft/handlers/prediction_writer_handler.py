@@ -80,7 +80,8 @@ class PredictionWriter:
         batch = getattr(engine.state, "batch", None)
         if isinstance(batch, dict) and self.image_key in batch:
             return [str(name) for name in batch[self.image_key]]
-        image = engine.state.output.get("image")
+        output = engine.state.output  # a dict: __call__ checked it
+        image = output.get("image") if isinstance(output, dict) else None
         meta = getattr(image, "meta", {}) or {}
         if "filename_or_obj" in meta:
             return [str(name) for name in meta["filename_or_obj"]]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from monai.utils import min_version, optional_import
@@ -19,6 +20,7 @@ from monai_shpeft.utils import atomic_write_json
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 if TYPE_CHECKING:
     from ignite.engine import Engine
+    from monai.engines import SupervisedEvaluator
 else:
     Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
 
@@ -110,11 +112,11 @@ class ProbeComparisonHandler:
         self._model_probabilities, self._model_labels = [], []
 
     def _gather(self, engine: Engine) -> None:
-        probabilities, labels = probabilities_and_labels(engine.state.output)
+        probabilities, labels = probabilities_and_labels(cast(Mapping[str, Any], engine.state.output))
         self._model_probabilities.append(probabilities.detach().cpu().numpy())
         self._model_labels.append(labels.detach().cpu().numpy())
 
-    def __call__(self, engine: Engine) -> None:
+    def __call__(self, engine: SupervisedEvaluator) -> None:
         """Compute and report the probe's figures on the evaluator's data.
 
         Args:

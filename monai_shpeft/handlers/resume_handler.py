@@ -98,8 +98,9 @@ class ResumeHandler:
         state = {name: self._unwrapped(obj).state_dict() for name, obj in self.objects.items()}
         state["trainer"] = engine.state_dict()
         state["epoch"] = engine.state.epoch
-        if self._key_metric_checkpoint() is not None:
-            state["key_metric_saver"] = self._key_metric_checkpoint().state_dict()
+        key_metric_checkpoint = self._key_metric_checkpoint()
+        if key_metric_checkpoint is not None:
+            state["key_metric_saver"] = key_metric_checkpoint.state_dict()
         trainable_set = getattr(engine.state, STATE_KEY, None)
         if trainable_set is not None:
             state["sparse_set_fingerprint"] = trainable_set.fingerprint()
@@ -147,8 +148,9 @@ class ResumeHandler:
                     f"--max_epochs {prior_max_epochs}; raise --max_epochs to train further."
                 )
             engine.state.max_epochs = prior_max_epochs  # a longer schedule may continue a shorter finished run
-        if "key_metric_saver" in state and self._key_metric_checkpoint() is not None:
-            self._key_metric_checkpoint().load_state_dict(state["key_metric_saver"])
+        key_metric_checkpoint = self._key_metric_checkpoint()
+        if "key_metric_saver" in state and key_metric_checkpoint is not None:
+            key_metric_checkpoint.load_state_dict(state["key_metric_saver"])
         self.resumed_from_epoch = int(state.get("epoch", engine.state.epoch))
         self.logger.info(
             "Resumed from %s: epoch %d of %d done, iteration %d.",

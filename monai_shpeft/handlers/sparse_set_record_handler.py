@@ -130,7 +130,7 @@ class SparseSetRecordHandler:
         from monai_shpeft.plots import trainable_count_heatmap_figure, trainable_heatmap_figure
 
         owns_writer = writer is None
-        if owns_writer:
+        if writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(log_dir=str(self.tensorboard_dir))

@@ -23,6 +23,7 @@ from monai_shpeft.sparse_set import SparseTrainableSet
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 if TYPE_CHECKING:
     from ignite.engine import Engine
+    from monai.engines import SupervisedTrainer
 else:
     Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
 
@@ -102,7 +103,7 @@ class SPTLoRAHandler:
         """
         engine.add_event_handler(Events.STARTED, self)
 
-    def __call__(self, engine: Engine) -> None:
+    def __call__(self, engine: SupervisedTrainer) -> None:
         """Estimate, allocate, inject LoRA, extend the optimizer and hand the set to the gradient mask.
 
         Args:
@@ -173,7 +174,7 @@ class SPTLoRAHandler:
         )
         setattr(engine.state, STATE_KEY, trainable_set)
 
-    def estimate(self, engine: Engine) -> tuple[spt_lora.SPTSelection, int | None]:
+    def estimate(self, engine: SupervisedTrainer) -> tuple[spt_lora.SPTSelection, int | None]:
         """Accumulate the sensitivity of the backbone's linear weights and allocate the budget.
 
         Args:
@@ -208,7 +209,9 @@ class SPTLoRAHandler:
         )
         return selection, num_iterations
 
-    def _extend_optimizer(self, engine: Engine, optimizer: torch.optim.Optimizer, params: list[nn.Parameter]) -> None:
+    def _extend_optimizer(
+        self, engine: SupervisedTrainer, optimizer: torch.optim.Optimizer, params: list[nn.Parameter]
+    ) -> None:
         """Add the LoRA parameters as a group with the first group's hyperparameters; extend LR schedulers."""
         if not params:
             return

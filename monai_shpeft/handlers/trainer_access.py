@@ -17,13 +17,14 @@ from monai_shpeft.utils import unwrap
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
+    from monai.engines import SupervisedTrainer, Workflow
 else:
     Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
 
 __all__ = ["calibration_loader", "engine_prepare_batch", "trainer_autocast_dtype", "trainer_importance"]
 
 
-def engine_prepare_batch(engine: Engine) -> Any:
+def engine_prepare_batch(engine: Workflow) -> Any:
     """The trainer's ``prepare_batch`` bound to its ``non_blocking`` and ``to_kwargs`` settings."""
     prepare = engine.prepare_batch
     to_kwargs = getattr(engine, "to_kwargs", {}) or {}
@@ -40,7 +41,7 @@ def trainer_autocast_dtype(engine: Engine) -> torch.dtype | None:
 
 
 def calibration_loader(
-    engine: Engine, data_loader: Iterable | None, num_iterations: int | None
+    engine: Workflow, data_loader: Iterable | None, num_iterations: int | None
 ) -> tuple[Iterable, int | None]:
     """The loader a handler's own pass reads, and how many mini-batches it takes.
 
@@ -59,7 +60,7 @@ def calibration_loader(
 
 
 def trainer_importance(
-    engine: Engine,
+    engine: SupervisedTrainer,
     data_loader: Iterable,
     num_iterations: int | None,
     strategy: ImportanceStrategy,

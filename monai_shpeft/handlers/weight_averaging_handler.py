@@ -20,6 +20,9 @@ __all__ = ["WeightAveragingHandler"]
 
 logger = logging.getLogger(__name__)
 
+# the attribute of the trainer's ``state`` that holds the record of the average (ignite's State takes new ones)
+_RECORD_ATTRIBUTE = "weight_average"
+
 
 class WeightAveragingHandler:
     """Average the trainable weights after every epoch; at the end, put the average in the network and validate it.
@@ -81,7 +84,7 @@ class WeightAveragingHandler:
         """
         record: dict[str, Any] = {"epochs": self.count, "validation": None}
         if self.count == 0:  # stopped before the first epoch (the linear_probe method): the weights stay
-            engine.state.weight_average = record
+            setattr(engine.state, _RECORD_ATTRIBUTE, record)
             return
         parameters = self._trained()
         for name, value in self.average.items():
@@ -90,7 +93,7 @@ class WeightAveragingHandler:
         if self.validator is not None:
             self.validator.run(int(engine.state.max_epochs or engine.state.epoch) + 1)
             record["validation"] = {k: float(v) for k, v in self.validator.state.metrics.items()}
-        engine.state.weight_average = record
+        setattr(engine.state, _RECORD_ATTRIBUTE, record)
 
     def state_dict(self) -> dict[str, Any]:
         """The running average and the number of epochs in it."""

@@ -17,7 +17,13 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from monai_shpeft.methods.base import DelegatingWrapper, MethodInfo, freeze_all_but, head_of, transformer_blocks
+from monai_shpeft.methods.base import (
+    DelegatingWrapper,
+    MethodInfo,
+    backbone_of,
+    freeze_all_but,
+    transformer_blocks,
+)
 
 __all__ = ["AdaptedMlp", "INFO", "apply"]
 
@@ -91,9 +97,9 @@ def apply(model: nn.Module, bottleneck: int = 64, scale: float = 0.1) -> nn.Modu
     """
     if bottleneck <= 0:
         raise ValueError(f"bottleneck must be positive, got {bottleneck}.")
-    head_of(model)
-    new_params: list[nn.Parameter] = []
-    for index, block in enumerate(transformer_blocks(model.backbone)):
+    backbone = backbone_of(model)
+    new_params: list[torch.Tensor] = []
+    for index, block in enumerate(transformer_blocks(backbone)):
         mlp = getattr(block, "mlp", None)
         if not isinstance(mlp, nn.Module):
             raise ValueError(f"Block {index} ({type(block).__name__}) has no 'mlp' module to put an adapter beside.")

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 from monai_shpeft.sparse_set import SparseTrainableSet
@@ -24,6 +25,7 @@ __all__ = [
     "DelegatingWrapper",
     "count_trainable",
     "freeze_all_but",
+    "backbone_of",
     "head_of",
     "transformer_blocks",
 ]
@@ -101,21 +103,37 @@ def head_of(model: nn.Module) -> nn.Module:
     Raises:
         ValueError: when the model has no ``head``/``backbone`` pair.
     """
+    return _backbone_and_head(model)[1]
+
+
+def backbone_of(model: nn.Module) -> nn.Module:
+    """The backbone of a :class:`~monai_shpeft.backbones.BackboneClassifier`.
+
+    Raises:
+        ValueError: when the model has no ``head``/``backbone`` pair.
+    """
+    return _backbone_and_head(model)[0]
+
+
+def _backbone_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """``(backbone, head)`` of a backbone classifier; raises ``ValueError`` when either is not a module."""
     head = getattr(model, "head", None)
-    if not isinstance(head, nn.Module) or not isinstance(getattr(model, "backbone", None), nn.Module):
+    backbone = getattr(model, "backbone", None)
+    if not isinstance(head, nn.Module) or not isinstance(backbone, nn.Module):
         raise ValueError(
             f"{type(model).__name__} is not a backbone classifier (no 'backbone' and 'head'); build it with "
             "monai_shpeft.backbones.build_classifier."
         )
-    return head
+    return backbone, head
 
 
-def freeze_all_but(model: nn.Module, trainable: Iterable[nn.Parameter] | Callable[[str, nn.Parameter], bool]) -> Any:
+def freeze_all_but(model: nn.Module, trainable: Iterable[torch.Tensor] | Callable[[str, nn.Parameter], bool]) -> Any:
     """Set ``requires_grad`` so that only the given parameters and the head train.
 
     Args:
         model: a backbone classifier.
-        trainable: the parameters to train, or a predicate ``(name, parameter) -> bool``.
+        trainable: the parameters to train (parameters of ``model``; ``nn.Linear`` declares its weight a
+            ``Tensor``), or a predicate ``(name, parameter) -> bool``.
 
     Returns:
         ``model``.
@@ -130,7 +148,7 @@ def freeze_all_but(model: nn.Module, trainable: Iterable[nn.Parameter] | Callabl
     return model
 
 
-def transformer_blocks(backbone: nn.Module) -> nn.Module:
+def transformer_blocks(backbone: nn.Module) -> nn.ModuleList | nn.Sequential:
     """The blocks of a timm (``blocks``) or open_clip (``transformer.resblocks``) ViT, in depth order.
 
     Args:

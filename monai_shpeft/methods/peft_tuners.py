@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch.nn as nn
 
-from monai_shpeft.methods.base import MethodInfo, head_of
+from monai_shpeft.methods.base import MethodInfo, backbone_of, head_of
 
 __all__ = ["apply_lora", "apply_ln", "lora_target_modules", "LORA", "LN"]
 
@@ -64,11 +64,16 @@ def apply_lora(
     """
     from peft import LoraConfig, inject_adapter_in_model
 
-    head_of(model)
-    targets = list(targets) if targets is not None else lora_target_modules(model.backbone)
+    backbone = backbone_of(model)
+    targets = list(targets) if targets is not None else lora_target_modules(backbone)
     if not targets:
-        raise ValueError(f"lora: no attention projection found in {type(model.backbone).__name__}.")
-    config = LoraConfig(r=int(rank), lora_alpha=float(alpha), lora_dropout=float(dropout), target_modules=targets)
+        raise ValueError(f"lora: no attention projection found in {type(backbone).__name__}.")
+    config = LoraConfig(
+        r=int(rank),
+        lora_alpha=float(alpha),  # type: ignore[arg-type]  # peft annotates lora_alpha as int; it only divides by r
+        lora_dropout=float(dropout),
+        target_modules=targets,
+    )
     inject_adapter_in_model(config, model)
     return _unfreeze_head(model)
 

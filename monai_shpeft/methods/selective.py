@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from monai_shpeft.methods.base import MethodInfo, freeze_all_but, head_of
+from monai_shpeft.methods.base import MethodInfo, backbone_of, freeze_all_but, head_of
 
 __all__ = [
     "apply_full",
@@ -62,10 +62,10 @@ def apply_bitfit(model: nn.Module) -> nn.Module:
     Raises:
         ValueError: when the backbone has no bias.
     """
-    head_of(model)
-    biases = [p for n, p in model.backbone.named_parameters() if n.endswith("bias")]
+    backbone = backbone_of(model)
+    biases = [p for n, p in backbone.named_parameters() if n.endswith("bias")]
     if not biases:
-        raise ValueError(f"BitFit: the backbone {type(model.backbone).__name__} has no bias parameters.")
+        raise ValueError(f"BitFit: the backbone {type(backbone).__name__} has no bias parameters.")
     return freeze_all_but(model, biases)
 
 
@@ -81,7 +81,7 @@ def attention_modules(backbone: nn.Module) -> list[nn.Module]:
     Returns:
         the attention modules, in model order.
     """
-    found = []
+    found: list[nn.Module] = []
     for module in backbone.modules():
         if isinstance(module, nn.MultiheadAttention):
             found.append(module)
@@ -102,10 +102,10 @@ def apply_attention(model: nn.Module) -> nn.Module:
     Raises:
         ValueError: when no attention module is found.
     """
-    head_of(model)
-    modules = attention_modules(model.backbone)
+    backbone = backbone_of(model)
+    modules = attention_modules(backbone)
     if not modules:
-        raise ValueError(f"attn: no attention module found in {type(model.backbone).__name__}.")
+        raise ValueError(f"attn: no attention module found in {type(backbone).__name__}.")
     return freeze_all_but(model, [p for m in modules for p in m.parameters()])
 
 

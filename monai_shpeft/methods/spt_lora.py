@@ -144,7 +144,7 @@ def linear_weight_names(model: nn.Module, scope: str = "backbone", lora_capable_
     root = getattr(network, scope, None)
     if not isinstance(root, nn.Module):
         raise ValueError(f"{type(network).__name__} has no submodule '{scope}'.")
-    inside_attention = set()
+    inside_attention: set[str] = set()
     for name, module in root.named_modules():
         if isinstance(module, nn.MultiheadAttention):
             inside_attention.update(f"{name}.{child}" if name else child for child, _ in module.named_modules())
@@ -261,7 +261,12 @@ def apply(model: nn.Module, lora_modules: Sequence[str] = (), rank: int = 8, alp
                 )
         from peft import LoraConfig, inject_adapter_in_model
 
-        config = LoraConfig(r=int(rank), lora_alpha=float(alpha), lora_dropout=0.0, target_modules=names)
+        config = LoraConfig(
+            r=int(rank),
+            lora_alpha=float(alpha),  # type: ignore[arg-type]  # peft annotates lora_alpha as int; it only divides by r
+            lora_dropout=0.0,
+            target_modules=names,
+        )
         inject_adapter_in_model(config, network, adapter_name=ADAPTER_NAME)
     freeze_all_but(network, lora_parameters(network, names).values())
     return model

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from monai_shpeft.methods.base import DelegatingWrapper, MethodInfo, freeze_all_but, head_of
+from monai_shpeft.methods.base import DelegatingWrapper, MethodInfo, backbone_of, freeze_all_but
 
 __all__ = ["ScaleShift", "INFO", "apply"]
 
@@ -108,8 +108,7 @@ def apply(model: nn.Module, init_std: float = 0.02) -> nn.Module:
     """
     if init_std < 0:
         raise ValueError(f"init_std must not be negative, got {init_std}.")
-    head_of(model)
-    backbone = model.backbone
+    backbone = backbone_of(model)
     if any(isinstance(m, ScaleShift) for m in backbone.modules()):
         raise ValueError("The backbone already has SSF layers; apply the method to a fresh model.")
     targets = _targets(backbone)

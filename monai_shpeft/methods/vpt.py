@@ -26,7 +26,13 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from monai_shpeft.methods.base import DelegatingWrapper, MethodInfo, freeze_all_but, head_of, transformer_blocks
+from monai_shpeft.methods.base import (
+    DelegatingWrapper,
+    MethodInfo,
+    backbone_of,
+    freeze_all_but,
+    transformer_blocks,
+)
 
 __all__ = ["PromptedBlock", "SHALLOW_INFO", "DEEP_INFO", "apply_shallow", "apply_deep"]
 
@@ -154,8 +160,7 @@ def _apply(model: nn.Module, num_prompts: int, deep: bool) -> nn.Module:
     """Wrap the blocks of ``model``'s backbone in :class:`PromptedBlock` s and train only the prompts and head."""
     if num_prompts <= 0:
         raise ValueError(f"num_prompts must be positive, got {num_prompts}.")
-    head_of(model)
-    backbone = model.backbone
+    backbone = backbone_of(model)
     blocks, num_prefix_tokens, batch_first = _layout(backbone)
     if any(isinstance(block, PromptedBlock) for block in blocks):
         raise ValueError("The backbone already has prompts; apply the method to a fresh model.")
@@ -185,7 +190,7 @@ def _apply(model: nn.Module, num_prompts: int, deep: bool) -> nn.Module:
     return freeze_all_but(model, new_params)
 
 
-def _layout(backbone: nn.Module) -> tuple[nn.Module, int, bool]:
+def _layout(backbone: nn.Module) -> tuple[nn.ModuleList | nn.Sequential, int, bool]:
     """``(blocks, prefix tokens, batch_first)`` of a timm (``blocks``) or open_clip (``transformer.resblocks``) ViT."""
     blocks = transformer_blocks(backbone)
     transformer = getattr(backbone, "transformer", None)

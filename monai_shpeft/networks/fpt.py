@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -138,7 +140,7 @@ class FPTNetwork(nn.Module):
 def build_fpt(
     backbone: str,
     num_classes: int,
-    pretrained: str | None = None,
+    pretrained: str | os.PathLike | None = None,
     image_size: int = 512,
     side_image_size: int = 224,
     reduction: int = 8,
@@ -146,7 +148,7 @@ def build_fpt(
     token_ratio: float = 0.2,
     shared_projections: bool = True,
     tiny: bool = False,
-    **backbone_kwargs: object,
+    **backbone_kwargs: Any,
 ) -> FPTNetwork:
     """Build an :class:`FPTNetwork` around a backbone of the factory.
 
@@ -197,8 +199,9 @@ def build_fpt(
 
 
 def _patch_size(backbone: nn.Module) -> int:
+    size: Any  # an int or an int pair, as the library stores it
     if hasattr(backbone, "patch_embed"):  # timm
-        size = backbone.patch_embed.patch_size
+        size = cast(nn.Module, backbone.patch_embed).patch_size
     else:  # open_clip
         size = backbone.patch_size
     return int(size[0] if isinstance(size, (tuple, list)) else size)

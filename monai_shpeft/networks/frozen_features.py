@@ -10,7 +10,7 @@ receives; only the keys and values of the top ``token_ratio`` tokens are kept. T
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -20,6 +20,9 @@ from monai_shpeft.errors import SettingsError
 from monai_shpeft.networks.token_selection import attention_received, num_selected_tokens, select_important_tokens
 
 __all__ = ["FrozenFeatureExtractor", "UnsupportedBackboneError"]
+
+# the attribute of an attention layer through which its hook finds the collector of its extractor
+_COLLECTOR_ATTRIBUTE = "_fpt_collector"
 
 
 class UnsupportedBackboneError(SettingsError, TypeError):
@@ -57,8 +60,12 @@ class FrozenFeatureExtractor(nn.Module):
             )
         self.num_layers = len(attention_layers)
         first = attention_layers[0]
-        self.width = int(first.qkv.in_features if hasattr(first, "qkv") else first.embed_dim)
-        self.num_heads = int(first.num_heads)
+        if hasattr(first, "qkv"):  # timm Attention: a fused q/k/v projection
+            width = cast(nn.Linear, first.qkv).in_features
+        else:  # _attention_layers let only torch.nn.MultiheadAttention through without qkv
+            width = cast(nn.MultiheadAttention, first).embed_dim
+        self.width = int(width)
+        self.num_heads = int(cast(int, first.num_heads))
         self.num_tokens = _num_tokens(backbone)
         self.num_selected = num_selected_tokens(self.num_tokens, self.token_ratio)
         for param in self.backbone.parameters():
@@ -67,7 +74,7 @@ class FrozenFeatureExtractor(nn.Module):
         for layer in attention_layers:
             # The hook is a module-level function that finds its collector on the layer, not a closure over this
             # extractor: a deep copy of the network (EMA / SWA models, copy.deepcopy) then collects into its own copy.
-            layer._fpt_collector = self._collector
+            setattr(layer, _COLLECTOR_ATTRIBUTE, self._collector)
             layer.register_forward_pre_hook(_collect_key_values, with_kwargs=True)
         self.backbone.eval()
 
@@ -131,10 +138,10 @@ class _Collector:
 
 def _collect_key_values(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     """Forward pre-hook of an attention layer: keep the keys/values of its important tokens."""
-    collector = getattr(module, "_fpt_collector", None)
+    collector = getattr(module, _COLLECTOR_ATTRIBUTE, None)
     if collector is None or collector.features is None:  # the backbone is being used on its own
         return
-    tokens = args[0] if args else kwargs.get("x", kwargs.get("query"))
+    tokens = cast(torch.Tensor, args[0] if args else kwargs.get("x", kwargs.get("query")))
     query, key, value, scale = _project(module, tokens)
     scores = attention_received(query, key, scale)
     index = select_important_tokens(scores, collector.token_ratio)
@@ -159,14 +166,15 @@ def _attention_layers(backbone: nn.Module) -> list[nn.Module]:
                 f"Block {index} attention is {type(layer).__name__}; FPT reads timm 'Attention' (fused qkv) or "
                 "torch.nn.MultiheadAttention layers."
             )
-    return layers
+    return cast(list[nn.Module], layers)  # every one is a timm Attention or an nn.MultiheadAttention
 
 
 def _num_tokens(backbone: nn.Module) -> int:
     """Tokens of one image in the backbone's blocks (patches plus class/register tokens)."""
     if hasattr(backbone, "patch_embed"):  # timm
-        return int(backbone.patch_embed.num_patches) + int(getattr(backbone, "num_prefix_tokens", 1))
-    grid = backbone.grid_size  # open_clip
+        num_patches = cast(int, cast(nn.Module, backbone.patch_embed).num_patches)
+        return int(num_patches) + int(getattr(backbone, "num_prefix_tokens", 1))
+    grid = cast(tuple[int, int], backbone.grid_size)  # open_clip
     return int(grid[0] * grid[1]) + 1
 
 
@@ -181,9 +189,9 @@ def _project(module: nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, tor
         qkv = qkv.reshape(batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
         return qkv[0], qkv[1], qkv[2], (width // heads) ** -0.5
     batch, length, width = tokens.shape
-    heads = module.num_heads
-    qkv = module.qkv(tokens).reshape(batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+    heads = cast(int, module.num_heads)  # timm Attention
+    qkv = cast(nn.Module, module.qkv)(tokens).reshape(batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
     query, key, value = qkv.unbind(0)
-    query = module.q_norm(query) if hasattr(module, "q_norm") else query
-    key = module.k_norm(key) if hasattr(module, "k_norm") else key
+    query = cast(nn.Module, module.q_norm)(query) if hasattr(module, "q_norm") else query
+    key = cast(nn.Module, module.k_norm)(key) if hasattr(module, "k_norm") else key
     return query, key, value, float(getattr(module, "scale", (width // heads) ** -0.5))

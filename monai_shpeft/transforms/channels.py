@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from monai.config import KeysCollection, NdarrayOrTensor
@@ -45,10 +45,11 @@ class ToRGB(Transform):
         channels = tensor.shape[0]
         if channels == 3:
             return tensor
+        # RepeatChannel returns the type it is given: a tensor here
         if channels == 1:
-            return RepeatChannel(repeats=3)(tensor)
+            return cast(torch.Tensor, RepeatChannel(repeats=3)(tensor))
         if channels == 2:
-            return RepeatChannel(repeats=3)(tensor[:1])
+            return cast(torch.Tensor, RepeatChannel(repeats=3)(tensor[:1]))
         if channels == 4:
             return tensor[:3]
         raise invalid_image(

@@ -20,9 +20,23 @@ class ReportingCompose(Compose):
     traceback and cause; any other failure stays MONAI's.
     """
 
-    def __call__(self, input_: Any, *args: Any, **kwargs: Any) -> Any:
+    def __call__(
+        self, input_: Any, start: int = 0, end: int | None = None, threading: bool = False, lazy: bool | None = None
+    ) -> Any:
+        """Apply the transforms as ``Compose`` does, raising a project error from the chain as itself.
+
+        Args:
+            input_: the data.
+            start: index of the first transform to apply.
+            end: index after the last transform to apply (``None``: to the end).
+            threading: whether the call runs in a thread (see ``Compose``).
+            lazy: lazy resampling override (``None``: the ``Compose`` setting).
+
+        Returns:
+            the transformed data.
+        """
         try:
-            return super().__call__(input_, *args, **kwargs)
+            return super().__call__(input_, start=start, end=end, threading=threading, lazy=lazy)
         except RuntimeError as wrapped:
             ours = find_error(wrapped)
             if ours is None or ours is wrapped:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from monai.config import KeysCollection, NdarrayOrTensor
@@ -96,7 +96,8 @@ class ScaleToUnitRange(Transform):
         return finish_unit(self._auto(x, stored))
 
     def _percentile(self, x: torch.Tensor) -> torch.Tensor:
-        low, high = (float(v) for v in percentile(x.flatten(), [self.lower, self.upper]))
+        bounds = cast(torch.Tensor, percentile(x.flatten(), [self.lower, self.upper]))  # a tensor in, a tensor out
+        low, high = (float(v) for v in bounds)
         if not (math.isfinite(low) and math.isfinite(high) and math.isfinite(high - low)) or high <= low:
             return minmax_to_unit(x)
         return (x - low) / (high - low)

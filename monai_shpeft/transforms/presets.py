@@ -27,9 +27,9 @@ instantiates into an equal ``Compose``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from monai.config import KeysCollection
 from monai.transforms import Compose, NormalizeIntensityd, RandAffined, RandFlipd, Resized
@@ -127,7 +127,7 @@ def _steps(
         raise ValueError(f"std must be > 0 for every channel, got {std_}.")
     if window is not None and (len(window) != 2 or not float(window[1]) > 0):
         raise ValueError(f"window must be (center, width) with width > 0, got {window}.")
-    keys_ = keys if isinstance(keys, str) else list(keys)
+    keys_ = keys if isinstance(keys, str) else list(cast(Collection[Hashable], keys))
     recipe = MODALITY_RECIPES[name]
 
     steps: list[tuple[type, dict[str, Any]]] = [

@@ -121,8 +121,8 @@ def _run(arguments: argparse.Namespace, extra: list[str]) -> int:
         return 0
     parse_overrides(extra)  # fail early on malformed pairs
     results = check_bundle(arguments.path, extra, device=arguments.device, run_commands=not arguments.skip_commands)
-    for result in results:
-        print(result.line())
+    for outcome in results:
+        print(outcome.line())
     failed = [r.name for r in results if not r.passed]
     summary = f"{len(results) - len(failed)} of {len(results)} checks passed"
     print(summary + (f"; failed: {', '.join(failed)}" if failed else ""))

@@ -148,9 +148,9 @@ def modality_sections(modality: str) -> dict[str, list[dict[str, Any]]]:
         target, scaling = "monai_shpeft.transforms.DicomWindowd", {"fallback": recipe.scale_mode}
     else:
         target, scaling = "monai_shpeft.transforms.ScaleToUnitRanged", {"mode": recipe.scale_mode}
-    intensity = {"_target_": target, "keys": "image", **scaling}
+    intensity: dict[str, Any] = {"_target_": target, "keys": "image", **scaling}
     invert = [{"_target_": "monai_shpeft.transforms.InvertMonochrome1d", "keys": "image", "value_range": [0.0, 1.0]}]
-    load = [
+    load: list[dict[str, Any]] = [
         {"_target_": "CopyItemsd", "keys": "image", "names": "image_path"},
         {"_target_": "monai_shpeft.transforms.LoadMedicalImaged", "keys": "image"},
         {"_target_": "monai_shpeft.transforms.VolumeToImaged", "keys": "image", "policy": "@slice_policy"},
@@ -165,11 +165,11 @@ def modality_sections(modality: str) -> dict[str, list[dict[str, Any]]]:
             "anti_aliasing": True,
         },
     ]
-    flips = [
+    flips: list[dict[str, Any]] = [
         {"_target_": "monai.transforms.RandFlipd", "keys": "@augment_keys", "prob": 0.5, "spatial_axis": axis}
         for axis in recipe.flip_axes
     ]
-    affine = {
+    affine: dict[str, Any] = {
         "_target_": "monai.transforms.RandAffined",
         "keys": "@augment_keys",
         "prob": 0.5,
@@ -178,7 +178,7 @@ def modality_sections(modality: str) -> dict[str, list[dict[str, Any]]]:
         "mode": "bilinear",
         "padding_mode": "zeros",
     }
-    normalize = {
+    normalize: dict[str, Any] = {
         "_target_": "monai.transforms.NormalizeIntensityd",
         "keys": "@image_keys",
         "subtrahend": "$@normalization[0]",

@@ -159,5 +159,5 @@ def _run_bundle_command(arguments: list[str], overrides: list[str], cwd: Path, t
 
 
 def _input_shape(metadata: dict[str, Any]) -> list[int]:
-    spec = next(iter(metadata.get("network_data_format", {}).get("inputs", {}).values()), {})
+    spec: dict[str, Any] = next(iter(metadata.get("network_data_format", {}).get("inputs", {}).values()), {})
     return [1, int(spec.get("num_channels", 3)), *[int(s) for s in spec.get("spatial_shape", [224, 224])]]

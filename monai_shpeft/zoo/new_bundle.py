@@ -95,7 +95,8 @@ def new_bundle(
     """
     if not _NAME.match(name):
         raise SettingsError(f"bundle name {name!r}: use letters, digits and underscores, starting with a letter.")
-    if (image_folder is None) == (csv_file is None):
+    data_source = image_folder if image_folder is not None else csv_file
+    if data_source is None or (image_folder is not None and csv_file is not None):
         raise SettingsError("give exactly one data source: --image_folder DIR (one subfolder per class) or --csv FILE.")
     if modality not in MODALITIES:
         raise SettingsError(f"unknown modality '{modality}'; presets: {', '.join(MODALITIES)}.")
@@ -103,7 +104,7 @@ def new_bundle(
     if target.exists() and any(target.iterdir()):
         raise SettingsError(f"{target} exists and is not empty: choose another name or --output_dir.")
 
-    source = Path(image_folder if image_folder is not None else csv_file).resolve()  # type: ignore[arg-type]
+    source = Path(data_source).resolve()
     if image_folder is not None:
         dataset, found = IMAGE_FOLDER_LAYOUT, image_folder_classes(source)
     else:
