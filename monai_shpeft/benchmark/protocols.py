@@ -89,10 +89,10 @@ class Protocol:
 # SH-PEFT also moves pretrained weights, and AdamW moves every selected entry by about the rate per step, whatever
 # its gradient (unlike the paper's SGD): at 5e-4 a 1% set moved the patch embedding by 18% in one epoch and the
 # model collapsed to the majority class. Its rate is the best validation macro-F1 of 2e-5, 5e-5, 1e-4 and 5e-4 on
-# BUSI (quick protocol, 1% budget; README, "The benchmark").
+# BUSI (quick protocol, 1% budget; docs/benchmarks.md, "The benchmark").
 # The `quick` and `full` protocols keep these rates and the recipe they were measured with (random head with a logit
-# scale of 1, no learning-rate warm-up; README, "Measured: the quick protocol"); `cpu` takes the bundles' own
-# recipe and defaults (monai_shpeft.methods.DEFAULT_LEARNING_RATES), tuned for LP-FT.
+# scale of 1, no learning-rate warm-up; docs/benchmarks.md, "Measured: the quick protocol"); `cpu` takes the bundles'
+# own recipe and defaults (monai_shpeft.methods.DEFAULT_LEARNING_RATES), tuned for LP-FT.
 _LEARNING_RATES = {
     "linear_probe": 1e-3,  # unused: the probe is fitted by L-BFGS, it takes no gradient step
     "full": 2e-5,

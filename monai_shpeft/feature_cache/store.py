@@ -65,7 +65,7 @@ class FrozenFeatureCache:
         cache_dir: root folder; entries live in ``<cache_dir>/<namespace>/<k[:2]>/<k>.safetensors``.
         identity: everything besides the image the features depend on (see :func:`feature_cache_for`); must include
             ``"feature_shape"``.
-        dtype: storage dtype, ``"float16"`` (half the disk and I/O; see the README for its effect on the logits),
+        dtype: storage dtype, ``"float16"`` (half the disk and I/O; see docs/fpt.md for its effect on the logits),
             ``"bfloat16"`` or ``"float32"`` (exact).
 
     Raises:

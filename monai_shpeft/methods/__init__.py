@@ -89,9 +89,9 @@ METHODS = (
 #: Methods that move pretrained weights take a small rate: AdamW moves every trained entry by about the rate per
 #: step whatever its gradient, and the head starts from the linear probe (LP-FT), so the backbone only needs to
 #: refine. SH-PEFT's 3e-5 (head 1e-5) was the best mean validation macro-F1 of 1e-5, 3e-5 and 1e-4 on BUSI folds 0
-#: and 1 (README, "The recipe"); GPS, the other sparse 1% set, takes the same. Methods that train new parameters
-#: from zero or near zero take 1e-3, as their papers do. FPT's side network starts from random weights: 3e-3 for 20
-#: epochs beat 1e-3 on the validation parts of BUSI folds 0-2 (benchmarks/fpt_recipe.py,
+#: and 1 (docs/bundles.md, "The recipe"); GPS, the other sparse 1% set, takes the same. Methods that train new
+#: parameters from zero or near zero take 1e-3, as their papers do. FPT's side network starts from random weights:
+#: 3e-3 for 20 epochs beat 1e-3 on the validation parts of BUSI folds 0-2 (benchmarks/fpt_recipe.py,
 #: docs/benchmarks/fpt_recipe_cpu.json); 5e-4 for 5 epochs never left the majority class.
 DEFAULT_LEARNING_RATES = {
     "linear_probe": 1e-3,

@@ -9,7 +9,7 @@ Examples (from the repository root)::
     python -m monai_shpeft.zoo export_delta bundles/busi --backbone timm:vit_small_patch14_dinov2 \\
         --pretrained ../shared/weights/vit_small_patch14_dinov2.safetensors --image_size 112
     python -m monai_shpeft.zoo package bundles/busi --output_dir dist
-    python -m monai_shpeft.zoo check dist/busi_v0.5.1.zip \\
+    python -m monai_shpeft.zoo check dist/busi_v0.6.0.zip \\
         --pretrained ../shared/weights/vit_small_patch14_dinov2.safetensors
 
 Knobs after the positional argument (``--key value``) override the bundle config, as with ``monai.bundle run``.
