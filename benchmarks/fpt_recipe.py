@@ -6,8 +6,11 @@ FPT network (built by the bundle's config, the frozen branch read from the bundl
 of each fold of the bundle's k-fold split and scores every epoch on that fold's validation part; the test parts are
 never read. Each setting is a dict of ``lr``, ``epochs`` and optionally ``wd`` (AdamW weight decay) and ``ls`` (label
 smoothing). The loop follows the bundle's recipe (AdamW, 10% linear warm-up then cosine, batch 32, horizontal flips of
-the side image), kept in memory so that a setting takes minutes rather than the bundle's data loading: the chosen
-setting is then run through the bundle by ``python -m monai_shpeft.benchmark --methods fpt``.
+the side image) with the bundle's pieces (``build_optimizer``, MONAI's ``SupervisedTrainer``, ``RandFlipd`` and an
+``LrScheduleHandler``) on the fold's features and side images kept in memory, so that a setting takes minutes rather
+than the bundle's data loading: the chosen setting is then run through the bundle by
+``python -m monai_shpeft.benchmark --methods fpt``. Frozen features missing from ``--feature_cache_dir`` are computed
+first (``FrozenFeatureCache.fill``, as the bundle's ``FeaturePreloadHandler`` does).
 
 Results are appended to ``--output`` one setting and fold at a time (a rerun skips what is there).
 
@@ -33,13 +36,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+from ignite.engine import Events
 from monai.bundle import ConfigParser
-from monai.data import Dataset
-from monai.transforms import Compose
+from monai.data import DataLoader, Dataset
+from monai.engines import PrepareBatchExtraInput, SupervisedTrainer
+from monai.handlers import LrScheduleHandler
+from monai.transforms import Compose, EnsureTyped, RandFlipd
 from sklearn.metrics import f1_score, roc_auc_score
 
+from monai_shpeft.methods import build_optimizer
+
 REPO = Path(__file__).resolve().parents[1]
+BATCH_SIZE = 32
 
 
 def load_fold(args: argparse.Namespace, fold: int, work: Path) -> tuple[torch.nn.Module, dict[str, tuple]]:
@@ -59,6 +67,7 @@ def load_fold(args: argparse.Namespace, fold: int, work: Path) -> tuple[torch.nn
             "fold": fold,
             "backbone": args.backbone,
             "pretrained": args.weights,
+            "tiny_backbone": args.tiny_backbone,
             "device": "cpu",
             "method": "fpt",
             "fpt_image_size": args.fpt_image_size,
@@ -70,7 +79,10 @@ def load_fold(args: argparse.Namespace, fold: int, work: Path) -> tuple[torch.nn
     )
     split = parser.get_parsed_content("split")
     network = parser.get_parsed_content("network")
-    transform = Compose(parser.get_parsed_content("transforms#eval"))  # reads cached features; computes missing ones
+    images = Compose(parser.get_parsed_content("transforms#images_eval"))  # what the bundle's preloading fills from
+    data = split["training"] + split["validation"]
+    parser.get_parsed_content("feature_cache").fill(data, images, network, batch_size=BATCH_SIZE, progress=False)
+    transform = Compose(parser.get_parsed_content("transforms#eval"))  # reads the cached features
     parts = {}
     for part in ("training", "validation"):
         items = list(Dataset(split[part], transform))
@@ -95,14 +107,18 @@ def score(network: torch.nn.Module, part: tuple) -> tuple[float, float]:
 
 
 def train_setting(network: torch.nn.Module, parts: dict[str, tuple], setting: dict[str, Any]) -> dict[str, Any]:
-    """Train a copy of ``network`` with one setting; validate after every epoch."""
-    torch.manual_seed(0)
-    network = copy.deepcopy(network)
-    trainable = [p for p in network.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=setting["lr"], weight_decay=setting.get("wd", 0.0))
+    """Train ``network`` (in place) with one setting through a ``SupervisedTrainer``; validate after every epoch."""
+    torch.manual_seed(0)  # the shuffling and (through MONAI's DataLoader) the flips
     features, side_images, labels = parts["training"]
-    batch = 32
-    steps = setting["epochs"] * math.ceil(len(labels) / batch)
+    items = [{"image": f, "image_lr": s, "label": y} for f, s, y in zip(features, side_images, labels)]
+    augmentation = Compose(  # the bundles' horizontal flip of the side image
+        [RandFlipd("image_lr", prob=0.5, spatial_axis=1), EnsureTyped("image_lr", track_meta=False)]
+    )
+    loader = DataLoader(Dataset(items, augmentation), batch_size=BATCH_SIZE, shuffle=True, num_workers=0)
+    optimizer = build_optimizer(
+        network, "fpt", fpt_learning_rate=setting["lr"], fpt_weight_decay=setting.get("wd", 0.0)
+    )
+    steps = setting["epochs"] * len(loader)
     warmup = int(0.1 * steps)
 
     # the shape of the bundles' monai.optimizers.WarmupCosineSchedule (linear warm-up, then cosine to zero); the
@@ -113,22 +129,26 @@ def train_setting(network: torch.nn.Module, parts: dict[str, tuple], setting: di
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
-    history, started = [], time.perf_counter()
-    for _ in range(setting["epochs"]):
-        network.train()
-        order = torch.randperm(len(labels))
-        for start in range(0, len(order), batch):
-            index = order[start : start + batch]
-            flip = torch.rand(len(index)) < 0.5
-            side = torch.where(flip[:, None, None, None], side_images[index].flip(-1), side_images[index])
-            logits = network(features[index], side).float()
-            loss = F.cross_entropy(logits, labels[index], label_smoothing=setting.get("ls", 0.0))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=setting["epochs"],
+        train_data_loader=loader,
+        network=network,
+        optimizer=optimizer,
+        loss_function=torch.nn.CrossEntropyLoss(label_smoothing=setting.get("ls", 0.0)),
+        prepare_batch=PrepareBatchExtraInput(extra_keys={"image_lr": "image_lr"}),
+        train_handlers=[LrScheduleHandler(scheduler, print_lr=False, epoch_level=False)],
+        decollate=False,
+    )
+    history: list[dict[str, float]] = []
+
+    @trainer.on(Events.EPOCH_COMPLETED)
+    def _validate(_: SupervisedTrainer) -> None:
         macro_f1, auc = score(network, parts["validation"])
         history.append({"val_f1": round(macro_f1, 4), "val_auc": round(auc, 4)})
+
+    started = time.perf_counter()
+    trainer.run()
     f1s = [h["val_f1"] for h in history]
     return {
         **setting,
@@ -164,17 +184,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--dataset", default="busi")
     parser.add_argument("--dataset_dir", required=True)
     parser.add_argument("--backbone", default="timm:vit_small_patch14_dinov2")
-    parser.add_argument("--weights", required=True)
+    parser.add_argument("--weights", default=None, help="the backbone's weights file (required unless --tiny_backbone)")
     parser.add_argument("--splits_dir", required=True, help="the benchmark's splits folder (seed0_fold<k>of<n>.json)")
     parser.add_argument("--feature_cache_dir", required=True)
     parser.add_argument("--num_folds", type=int, default=5)
     parser.add_argument("--folds", default="0,1,2")
     parser.add_argument("--fpt_image_size", type=int, default=224)
     parser.add_argument("--fpt_side_image_size", type=int, default=112)
+    parser.add_argument("--tiny_backbone", action="store_true", help="the tiny test configuration, random weights")
     parser.add_argument("--settings", required=True, help="JSON list of {lr, epochs[, wd, ls]}")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 beside another CPU job)")
     parser.add_argument("--output", default="docs/benchmarks/fpt_recipe_cpu.json")
     args = parser.parse_args(argv)
+    if args.weights is None and not args.tiny_backbone:
+        parser.error("--weights is required (unless --tiny_backbone)")
     torch.set_num_threads(args.threads)
     output = Path(args.output)
     record = json.loads(output.read_text()) if output.is_file() else {"runs": []}
@@ -187,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as work:
             network, parts = load_fold(args, fold, Path(work))
         for setting in todo:
-            run = {"fold": fold, **train_setting(network, parts, setting)}
+            run = {"fold": fold, **train_setting(copy.deepcopy(network), parts, setting)}
             print(json.dumps({k: v for k, v in run.items() if k != "history"}), flush=True)
             record["runs"].append(run)
             record["summary"] = summarise(record["runs"])

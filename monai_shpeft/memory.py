@@ -6,6 +6,7 @@ import gc
 import os
 import resource
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -83,3 +84,23 @@ class PeakMemoryMeter:
             torch.cuda.synchronize(self.device)
             return max(torch.cuda.max_memory_allocated(self.device) - self.baseline, 0)
         return max(max_rss_bytes() - self.baseline, 0)
+
+    def record(self) -> dict[str, Any]:
+        """The peak added since :meth:`start` with the figures behind it, for a benchmark's report.
+
+        Returns:
+            ``peak_bytes`` (:meth:`peak_bytes`), ``peak_source`` (:attr:`source`), ``baseline_bytes`` and
+            ``high_water_mark_reset``; on a CUDA device also ``max_memory_reserved_bytes`` (the allocator's cache at
+            its peak, which ``peak_bytes`` leaves out), on the CPU ``peak_rss_bytes`` (the resident high-water mark).
+        """
+        record: dict[str, Any] = {
+            "peak_bytes": self.peak_bytes(),
+            "peak_source": self.source,
+            "baseline_bytes": self.baseline,
+            "high_water_mark_reset": self.reset_ok,
+        }
+        if self._cuda:
+            record["max_memory_reserved_bytes"] = torch.cuda.max_memory_reserved(self.device)
+        else:
+            record["peak_rss_bytes"] = max_rss_bytes()
+        return record

@@ -38,3 +38,16 @@ def test_current_rss_is_positive_and_grows_with_resident_memory() -> None:
     after = current_rss_bytes()
     block.close()
     assert before > 0 and after - before >= 30 * 2**20
+
+
+def test_the_record_holds_the_peak_and_the_figures_behind_it() -> None:
+    meter = PeakMemoryMeter("cpu")
+    meter.start()
+    block = _fresh_resident_block(48 * 2**20)
+    block.close()
+    record = meter.record()
+    assert set(record) == {"peak_bytes", "peak_source", "baseline_bytes", "high_water_mark_reset", "peak_rss_bytes"}
+    assert record["peak_bytes"] >= 44 * 2**20 and record["peak_source"] == meter.source
+    assert record["baseline_bytes"] == meter.baseline > 0 and record["high_water_mark_reset"] == meter.reset_ok
+    # the high-water mark only grows: read after the peak, it covers the baseline plus the peak
+    assert record["peak_rss_bytes"] >= record["baseline_bytes"] + record["peak_bytes"]
