@@ -204,7 +204,7 @@ def load_probe_into_head(head: nn.Module, fit: ProbeFit) -> None:
     linear = head.linear
     if tuple(linear.weight.shape) != fit.weight.shape:
         raise ValueError(f"probe weight {fit.weight.shape} does not fit the head's {tuple(linear.weight.shape)}.")
-    scale = float(head.logit_scale)
+    scale = float(cast(torch.Tensor, head.logit_scale))
     with torch.no_grad():
         linear.weight.copy_(torch.as_tensor(fit.weight / scale, dtype=linear.weight.dtype))
         linear.bias.copy_(torch.as_tensor(fit.bias / scale, dtype=linear.bias.dtype))

@@ -353,3 +353,11 @@ def test_real_dinov2_weights_at_224() -> None:
         logits = model(torch.rand(2, 3, 224, 224))
     assert features.shape == (2, 384) and torch.isfinite(features).all()
     assert logits.shape == (2, 5) and torch.isfinite(logits).all()
+
+
+def test_the_head_scripts_with_torchscript_as_ckpt_export_needs() -> None:
+    """``monai.bundle ckpt_export`` scripts the network: the head's annotations must be ones TorchScript reads."""
+    head = L2NormLinearHead(8, 3, logit_scale=10.0)
+    scripted = torch.jit.script(head)
+    features = torch.rand(4, 8)
+    torch.testing.assert_close(scripted(features), head(features))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -25,8 +27,6 @@ class L2NormLinearHead(nn.Module):
     Raises:
         ValueError: when ``in_features`` or ``num_classes`` is not positive, or ``logit_scale`` is not positive.
     """
-
-    logit_scale: torch.Tensor  # a registered buffer
 
     def __init__(self, in_features: int, num_classes: int, logit_scale: float = 1.0) -> None:
         super().__init__()
@@ -63,4 +63,4 @@ class L2NormLinearHead(nn.Module):
         return self.linear(F.normalize(x, dim=-1)) * self.logit_scale.to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"logit_scale={float(self.logit_scale):g}"
+        return f"logit_scale={float(cast(torch.Tensor, self.logit_scale)):g}"
