@@ -10,6 +10,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
+from monai_shpeft.clinical import REPORT_FIGURES
 from monai_shpeft.methods import DEFAULT_HEAD_LEARNING_RATES, DEFAULT_LEARNING_RATES
 from monai_shpeft.sparse_set import SparseTrainableSet
 from monai_shpeft.utils import sha256_of_file
@@ -126,6 +127,13 @@ def test_evaluate_reports_f1_accuracy_auc_on_the_test_split(trained: Path) -> No
     rows = list(csv.DictReader((eval_dir / "test_predictions.csv").open()))
     split = json.loads((trained / BUNDLE / "runs" / "datalist.json").read_text())
     assert sorted(r["image"] for r in rows) == sorted(i["image"] for i in split["test"])
+    # the clinical report: per-class figures with intervals, calibration, the confusion matrix, three figures
+    report = json.loads((eval_dir / "report.json").read_text())
+    assert report["classes"] == ["benign", "malignant", "normal"] and report["num_cases"] == len(split["test"])
+    assert sum(map(sum, report["confusion_matrix"]["counts"])) == len(split["test"])
+    assert report["intervals"]["resamples"] == 1000 and set(report["per_class"]["malignant"]) >= {"sensitivity", "npv"}
+    assert abs(report["overall"]["macro_f1"]["value"] - metrics["test_f1"]) < 1e-6
+    assert all((eval_dir / name).stat().st_size > 0 for name in REPORT_FIGURES)
 
 
 def test_inference_writes_one_prediction_per_image(trained: Path) -> None:

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "monai_shpeft"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("utils", "errors", "failure_report", "amp", "distributed", "run_lock", "metrics"),
     ("transforms", "data", "backbones", "feature_cache"),
-    ("importance", "sparse_set", "methods", "networks", "linear_probe", "delta", "memory", "plots"),
+    ("importance", "sparse_set", "methods", "networks", "linear_probe", "delta", "memory", "plots", "clinical"),
     ("handlers",),
     ("benchmark", "zoo", "analysis", "settings"),
 )

@@ -7,6 +7,7 @@ from monai_shpeft.handlers.checkpoint_check_handler import (
     CheckpointMismatchError,
     check_checkpoint,
 )
+from monai_shpeft.handlers.clinical_report_handler import ClinicalReportHandler
 from monai_shpeft.handlers.epoch_seed_handler import EpochSeedHandler
 from monai_shpeft.handlers.feature_preload_handler import FeaturePreloadHandler
 from monai_shpeft.handlers.gradient_mask_handler import GradientMaskHandler
@@ -22,6 +23,7 @@ from monai_shpeft.handlers.weight_averaging_handler import WeightAveragingHandle
 __all__ = [
     "CheckpointCheckHandler",
     "CheckpointMismatchError",
+    "ClinicalReportHandler",
     "EpochSeedHandler",
     "FeaturePreloadHandler",
     "GradientMaskHandler",

@@ -5,16 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from monai.utils import min_version, optional_import
 
-from monai_shpeft.handlers.trainer_access import trainer_autocast_dtype
+from monai_shpeft.handlers.trainer_access import EvaluatorOutputs, trainer_autocast_dtype
 from monai_shpeft.linear_probe import ProbeFit, extract_features, recipe_classifier
-from monai_shpeft.metrics import probabilities_and_labels
 from monai_shpeft.utils import atomic_write_json
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
@@ -95,8 +93,7 @@ class ProbeComparisonHandler:
         self.pretrained = pretrained
         self.logger = logging.getLogger(__name__)
         self.comparison: dict[str, Any] | None = None
-        self._model_probabilities: list[np.ndarray] = []
-        self._model_labels: list[np.ndarray] = []
+        self._outputs = EvaluatorOutputs()
 
     def attach(self, engine: Engine) -> None:
         """Gather the model's outputs at every iteration and compare on ``Events.COMPLETED`` of the evaluator.
@@ -104,17 +101,8 @@ class ProbeComparisonHandler:
         Args:
             engine: the evaluator.
         """
-        engine.add_event_handler(Events.STARTED, self._reset)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._gather)
+        self._outputs.attach(engine)
         engine.add_event_handler(Events.COMPLETED, self)
-
-    def _reset(self, engine: Engine) -> None:
-        self._model_probabilities, self._model_labels = [], []
-
-    def _gather(self, engine: Engine) -> None:
-        probabilities, labels = probabilities_and_labels(cast(Mapping[str, Any], engine.state.output))
-        self._model_probabilities.append(probabilities.detach().cpu().numpy())
-        self._model_labels.append(labels.detach().cpu().numpy())
 
     def __call__(self, engine: SupervisedEvaluator) -> None:
         """Compute and report the probe's figures on the evaluator's data.
@@ -144,10 +132,10 @@ class ProbeComparisonHandler:
         probabilities = np.exp(logits - logits.max(1, keepdims=True))
         probabilities /= probabilities.sum(1, keepdims=True)
         probe = classification_figures(labels, probabilities)
-        model_labels = np.concatenate(self._model_labels)
+        model_probabilities, model_labels = self._outputs.arrays()
         if not np.array_equal(model_labels, labels):
             raise RuntimeError("the probe's pass over the evaluator's data met other labels, or another order.")
-        model_figures = classification_figures(model_labels, np.concatenate(self._model_probabilities))
+        model_figures = classification_figures(model_labels, model_probabilities)
         # the figures the evaluator computes (its metric names tell which), each scored as the probe's are
         model = {
             name: model_figures[name] for name in _METRICS if f"{self.metric_prefix}{name}" in engine.state.metrics

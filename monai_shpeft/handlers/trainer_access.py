@@ -6,22 +6,31 @@ their own over a loader with the trainer's network, loss, batch preparation, dev
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, cast
 
+import numpy as np
 import torch
 from monai.utils import min_version, optional_import
 
 from monai_shpeft.importance import ImportanceMode, ImportanceStrategy, estimate_importance
+from monai_shpeft.metrics import probabilities_and_labels
 from monai_shpeft.utils import unwrap
 
+Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 if TYPE_CHECKING:
     from ignite.engine import Engine
     from monai.engines import SupervisedTrainer, Workflow
 else:
     Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
 
-__all__ = ["calibration_loader", "engine_prepare_batch", "trainer_autocast_dtype", "trainer_importance"]
+__all__ = [
+    "EvaluatorOutputs",
+    "calibration_loader",
+    "engine_prepare_batch",
+    "trainer_autocast_dtype",
+    "trainer_importance",
+]
 
 
 def engine_prepare_batch(engine: Workflow) -> Any:
@@ -101,3 +110,42 @@ def trainer_importance(
         autocast_dtype=trainer_autocast_dtype(engine),
         progress=progress,
     )
+
+
+class EvaluatorOutputs:
+    """The class probabilities and labels of every case an evaluator's run saw, in its order.
+
+    Attach it to an evaluator whose outputs are not decollated (``decollate=False``, as the bundles' are); the
+    lists restart with every run.
+    """
+
+    def __init__(self) -> None:
+        self._probabilities: list[np.ndarray] = []
+        self._labels: list[np.ndarray] = []
+
+    def attach(self, engine: Engine) -> None:
+        """Clear on ``STARTED`` and gather on every ``ITERATION_COMPLETED`` of ``engine``.
+
+        Args:
+            engine: the evaluator.
+        """
+        engine.add_event_handler(Events.STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._gather)
+
+    def _reset(self, engine: Engine) -> None:
+        self._probabilities, self._labels = [], []
+
+    def _gather(self, engine: Engine) -> None:
+        probabilities, labels = probabilities_and_labels(cast(Mapping[str, Any], engine.state.output))
+        self._probabilities.append(probabilities.detach().cpu().numpy())
+        self._labels.append(labels.detach().cpu().numpy())
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(probabilities [N, C], labels [N])`` gathered so far.
+
+        Raises:
+            RuntimeError: when the evaluator produced no output.
+        """
+        if not self._labels:
+            raise RuntimeError("the evaluator produced no output to report on (an empty test part?).")
+        return np.concatenate(self._probabilities), np.concatenate(self._labels)

@@ -258,7 +258,9 @@ sparse trainable set and the run's metadata) in this folder.
 ## Performance
 
 Not measured yet: fill `eval_metrics` in `configs/metadata.json` and this section from `runs/eval/metrics.csv`,
-with the command and the split.
+with the command and the split. Evaluation also writes the clinical report: `runs/eval/report.json` (per-class
+sensitivity, specificity, PPV, NPV, F1 and AUC with 95% bootstrap intervals, calibration, the confusion matrix)
+and its figures (`confusion_matrix.png`, `roc_curves.png`, `reliability_diagram.png`).
 
 ## References
 

@@ -1,0 +1,27 @@
+"""What a clinical reader asks of a classifier's test predictions, computed with scikit-learn.
+
+Per-class sensitivity, specificity, PPV, NPV, F1 and support, the confusion matrix, macro-F1, accuracy, balanced
+accuracy and one-vs-rest AUCs (:func:`classification_report`), stratified bootstrap confidence intervals for each
+of them (:func:`bootstrap_intervals`), and how far the probabilities can be trusted: expected calibration error,
+Brier score and the reliability curve (:mod:`monai_shpeft.clinical.calibration`); :func:`save_clinical_report`
+writes them as ``report.json`` with a confusion matrix, ROC curves and a reliability diagram.
+"""
+
+from __future__ import annotations
+
+from monai_shpeft.clinical.bootstrap import bootstrap_intervals
+from monai_shpeft.clinical.calibration import brier_score, expected_calibration_error, reliability_curve
+from monai_shpeft.clinical.figures import classification_report, flatten_figures
+from monai_shpeft.clinical.report import REPORT_FIGURES, clinical_report, save_clinical_report
+
+__all__ = [
+    "REPORT_FIGURES",
+    "clinical_report",
+    "save_clinical_report",
+    "bootstrap_intervals",
+    "brier_score",
+    "classification_report",
+    "expected_calibration_error",
+    "flatten_figures",
+    "reliability_curve",
+]

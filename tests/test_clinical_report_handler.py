@@ -1,0 +1,50 @@
+"""ClinicalReportHandler on a real MONAI evaluator: the report is the one of the network's own probabilities."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.engines import SupervisedEvaluator
+from PIL import Image
+
+from monai_shpeft.backbones import build_classifier
+from monai_shpeft.clinical import REPORT_FIGURES, clinical_report
+from monai_shpeft.handlers import ClinicalReportHandler
+from tests.helpers import TINY_TIMM, image_label_loader
+
+NAMES = ["benign", "malignant", "normal"]
+
+
+def test_the_report_holds_the_figures_of_the_evaluated_network_with_intervals_and_plots(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    network = build_classifier(TINY_TIMM, 3, image_size=28, tiny=True).eval()
+    loader = image_label_loader(num_samples=24, seed=4)
+    evaluator = SupervisedEvaluator(
+        device=torch.device("cpu"), val_data_loader=loader, network=network, decollate=False
+    )
+    handler = ClinicalReportHandler(tmp_path / "eval", NAMES, num_resamples=50, seed=1)
+    handler.attach(evaluator)
+    evaluator.run()
+    evaluator.run()  # a second run reports on its own outputs only
+
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    with torch.no_grad():
+        batches = list(loader)
+        probabilities = torch.cat([torch.softmax(network(b["image"]), 1) for b in batches]).numpy()
+        labels = torch.cat([torch.as_tensor(b["label"]).reshape(-1) for b in batches]).numpy()
+    expected = json.loads(json.dumps(clinical_report(labels, probabilities, NAMES, num_resamples=50, seed=1)))
+    assert report["num_cases"] == 24 and report["classes"] == NAMES
+    assert report == expected
+    assert np.sum(report["confusion_matrix"]["counts"]) == 24
+    for name in NAMES:
+        figures = report["per_class"][name]
+        assert set(figures) == {"sensitivity", "specificity", "ppv", "npv", "f1", "auc", "support"}
+        assert figures["support"] == int((labels == NAMES.index(name)).sum())
+    macro_f1 = report["overall"]["macro_f1"]
+    assert macro_f1["low"] <= macro_f1["value"] <= macro_f1["high"]
+    for figure in REPORT_FIGURES:
+        with Image.open(tmp_path / "eval" / figure) as image:
+            assert image.format == "PNG" and min(image.size) > 200
