@@ -21,6 +21,7 @@ from tests.helpers import (
     copy_bundles,
     monai_bundle,
     run_command,
+    run_process,
     torchrun_bundle,
     write_busi_folder,
 )
@@ -134,6 +135,24 @@ def test_evaluate_reports_f1_accuracy_auc_on_the_test_split(trained: Path) -> No
     assert report["intervals"]["resamples"] == 1000 and set(report["per_class"]["malignant"]) >= {"sensitivity", "npv"}
     assert abs(report["overall"]["macro_f1"]["value"] - metrics["test_f1"]) < 1e-6
     assert all((eval_dir / name).stat().st_size > 0 for name in REPORT_FIGURES)
+
+
+def test_a_positive_class_gives_operating_points_and_an_unknown_one_is_named(trained: Path) -> None:
+    evaluate = ["--config_file", f"['{TRAIN}','{BUNDLE}/configs/evaluate.json']", "--dataset_dir", "busi"]
+    args = [*evaluate, *TINY_BUNDLE_ARGS, "--report_resamples", "20", "--output_dir", "runs_positive"]
+    run_command(monai_bundle("run", *args, "--positive_class", "malignant"), cwd=trained)
+    report = json.loads((trained / "runs_positive" / "eval" / "report.json").read_text())
+    points = report["operating_points"]
+    assert points["positive_class"] == "malignant" and [
+        p["specificity"] >= s for p, s in zip(points["at_specificity"], (0.9, 0.95))
+    ] == [True, True]
+    assert points["validation_threshold"]["validation"]["sensitivity"] >= 0.95
+
+    failed = run_process(monai_bundle("run", *args, "--positive_class", "cancer"), trained)
+    assert failed.returncode != 0
+    last = (failed.stdout + failed.stderr).strip().splitlines()[-1]
+    assert last.startswith("SettingsError: positive_class 'cancer' is not a class of this bundle"), last
+    assert last.endswith("benign, malignant, normal."), last
 
 
 def test_inference_writes_one_prediction_per_image(trained: Path) -> None:

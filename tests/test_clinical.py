@@ -100,3 +100,30 @@ def test_stratified_resamples_keep_every_class() -> None:
 
     bootstrap_intervals(labels, probabilities, figures, num_resamples=50, seed=0)
     assert all(counts.tolist() == [50, 2] for counts in seen)
+
+
+def test_operating_points_read_the_roc_curve_and_carry_a_validation_threshold_to_the_test_split() -> None:
+    from monai_shpeft.clinical import operating_points
+    from monai_shpeft.clinical.operating_point import apply_threshold, threshold_for_sensitivity
+
+    labels, probabilities = predictions(seed=5, size=300)
+    validation_labels, validation_probabilities = predictions(seed=6, size=300)
+    points = operating_points(1, labels, probabilities, validation_labels, validation_probabilities, (0.9,), 0.95)
+    at_90 = points["at_specificity"][0]
+    positive, scores = labels == 1, probabilities[:, 1]
+    assert at_90["specificity"] >= 0.9
+    assert apply_threshold(positive, scores, at_90["threshold"])["sensitivity"] == pytest.approx(at_90["sensitivity"])
+    # no threshold with specificity >= 0.9 has a higher sensitivity
+    for threshold in np.unique(scores):
+        figures = apply_threshold(positive, scores, threshold)
+        if figures["specificity"] >= 0.9:
+            assert figures["sensitivity"] <= at_90["sensitivity"] + 1e-12
+    chosen = points["validation_threshold"]
+    assert chosen["validation"]["sensitivity"] >= 0.95 and chosen["target_sensitivity"] == 0.95
+    assert chosen["test"] == apply_threshold(positive, scores, chosen["threshold"])
+    # the most specific threshold that reaches the target: a slightly higher one misses it
+    validation_positive = validation_labels == 1
+    higher = np.min(validation_probabilities[:, 1][validation_probabilities[:, 1] > chosen["threshold"]])
+    assert apply_threshold(validation_positive, validation_probabilities[:, 1], higher)["sensitivity"] < 0.95
+    assert threshold_for_sensitivity(validation_positive, validation_probabilities[:, 1], 1.0) <= chosen["threshold"]
+    assert operating_points(1, labels, probabilities)["validation_threshold"] is None

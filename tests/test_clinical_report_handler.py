@@ -6,12 +6,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from monai.engines import SupervisedEvaluator
 from PIL import Image
 
 from monai_shpeft.backbones import build_classifier
 from monai_shpeft.clinical import REPORT_FIGURES, clinical_report
+from monai_shpeft.errors import SettingsError
 from monai_shpeft.handlers import ClinicalReportHandler
 from tests.helpers import TINY_TIMM, image_label_loader
 
@@ -35,7 +37,10 @@ def test_the_report_holds_the_figures_of_the_evaluated_network_with_intervals_an
         batches = list(loader)
         probabilities = torch.cat([torch.softmax(network(b["image"]), 1) for b in batches]).numpy()
         labels = torch.cat([torch.as_tensor(b["label"]).reshape(-1) for b in batches]).numpy()
-    expected = json.loads(json.dumps(clinical_report(labels, probabilities, NAMES, num_resamples=50, seed=1)))
+    # report.json is strict JSON: a figure without cases (here a class never predicted: no PPV) is null, not NaN
+    expected = json.loads(
+        json.dumps(clinical_report(labels, probabilities, NAMES, num_resamples=50, seed=1)).replace("NaN", "null")
+    )
     assert report["num_cases"] == 24 and report["classes"] == NAMES
     assert report == expected
     assert np.sum(report["confusion_matrix"]["counts"]) == 24
@@ -48,3 +53,28 @@ def test_the_report_holds_the_figures_of_the_evaluated_network_with_intervals_an
     for figure in REPORT_FIGURES:
         with Image.open(tmp_path / "eval" / figure) as image:
             assert image.format == "PNG" and min(image.size) > 200
+
+
+def test_a_positive_class_adds_operating_points_chosen_on_validation(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    network = build_classifier(TINY_TIMM, 3, image_size=28, tiny=True).eval()
+    evaluator = SupervisedEvaluator(
+        device=torch.device("cpu"), val_data_loader=image_label_loader(num_samples=24, seed=4), network=network,
+        decollate=False,
+    )  # fmt: skip
+    handler = ClinicalReportHandler(
+        tmp_path, NAMES, num_resamples=0, positive_class="malignant",
+        validation_loader=image_label_loader(num_samples=24, seed=7),
+    )  # fmt: skip
+    handler.attach(evaluator)
+    evaluator.run()
+    points = handler.report["operating_points"]
+    assert points["positive_class"] == "malignant" and len(points["at_specificity"]) == 2
+    assert points["validation_threshold"]["validation"]["sensitivity"] >= 0.95
+    assert set(points["validation_threshold"]["test"]) >= {"sensitivity", "specificity", "ppv", "npv"}
+    assert json.loads((tmp_path / "report.json").read_text())["operating_points"]["positive_class"] == "malignant"
+
+
+def test_a_positive_class_that_is_not_a_class_is_named_with_the_classes() -> None:
+    with pytest.raises(SettingsError, match=r"positive_class 'cancer' is not a class.*benign, malignant, normal"):
+        ClinicalReportHandler("unused", NAMES, positive_class="cancer")

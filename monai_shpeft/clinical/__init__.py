@@ -12,6 +12,7 @@ from __future__ import annotations
 from monai_shpeft.clinical.bootstrap import bootstrap_intervals
 from monai_shpeft.clinical.calibration import brier_score, expected_calibration_error, reliability_curve
 from monai_shpeft.clinical.figures import classification_report, flatten_figures
+from monai_shpeft.clinical.operating_point import operating_points
 from monai_shpeft.clinical.report import REPORT_FIGURES, clinical_report, save_clinical_report
 
 __all__ = [
@@ -23,5 +24,6 @@ __all__ = [
     "classification_report",
     "expected_calibration_error",
     "flatten_figures",
+    "operating_points",
     "reliability_curve",
 ]

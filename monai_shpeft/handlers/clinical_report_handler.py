@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
+import numpy as np
+import torch
 from monai.utils import min_version, optional_import
 
-from monai_shpeft.clinical import clinical_report, save_clinical_report
+from monai_shpeft.clinical import clinical_report, operating_points, save_clinical_report
 from monai_shpeft.distributed import is_main_process
+from monai_shpeft.errors import SettingsError
 from monai_shpeft.handlers.trainer_access import EvaluatorOutputs
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 if TYPE_CHECKING:
     from ignite.engine import Engine
+    from monai.engines import SupervisedEvaluator
 else:
     Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
 
@@ -32,20 +36,50 @@ class ClinicalReportHandler:
     The figures are computed with scikit-learn from the probabilities the evaluator's network produced
     (``softmax`` of its outputs, gathered with ``decollate=False``), so they are those of the checkpoint evaluated.
 
+    With ``positive_class`` (the class that matters, e.g. ``malignant``) the report gains ``operating_points``: the
+    test sensitivity at fixed specificities, and a threshold chosen on ``validation_loader`` to reach
+    ``target_sensitivity`` there, applied to the test split (see :func:`~monai_shpeft.clinical.operating_points`).
+
     Args:
         output_dir: the report's folder (``<output_dir>/eval`` in the bundles).
         classes: the class names, in label order.
         num_resamples: stratified bootstrap resamples for the 95% intervals (0: none).
         seed: the resampling's seed.
+        positive_class: the positive class's name, or ``None``/``""`` for no operating points.
+        specificities: the fixed specificities.
+        target_sensitivity: the sensitivity the validation threshold must reach.
+        validation_loader: the validation split, run through the evaluator's network for the threshold.
+
+    Raises:
+        SettingsError: when ``positive_class`` is not one of ``classes`` (the message lists them).
     """
 
     def __init__(
-        self, output_dir: str | os.PathLike, classes: Sequence[str], num_resamples: int = 1000, seed: int = 0
+        self,
+        output_dir: str | os.PathLike,
+        classes: Sequence[str],
+        num_resamples: int = 1000,
+        seed: int = 0,
+        positive_class: str | None = None,
+        specificities: Sequence[float] = (0.90, 0.95),
+        target_sensitivity: float = 0.95,
+        validation_loader: Iterable | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.classes = list(classes)
         self.num_resamples = int(num_resamples)
         self.seed = int(seed)
+        self.positive_class = positive_class or None
+        if self.positive_class is not None and self.positive_class not in self.classes:
+            raise SettingsError(
+                f"positive_class {self.positive_class!r} is not a class of this bundle; "
+                f"choose one of: {', '.join(self.classes)}."
+            )
+        if not 0 < float(target_sensitivity) <= 1:
+            raise SettingsError(f"target_sensitivity must be in (0, 1], got {target_sensitivity!r}.")
+        self.specificities = [float(value) for value in specificities]
+        self.target_sensitivity = float(target_sensitivity)
+        self.validation_loader = validation_loader
         self.report: dict | None = None
         self.logger = logging.getLogger(__name__)
         self._outputs = EvaluatorOutputs()
@@ -59,7 +93,7 @@ class ClinicalReportHandler:
         self._outputs.attach(engine)
         engine.add_event_handler(Events.COMPLETED, self)
 
-    def __call__(self, engine: Engine) -> None:
+    def __call__(self, engine: SupervisedEvaluator) -> None:
         """Compute and write the report.
 
         Args:
@@ -67,6 +101,20 @@ class ClinicalReportHandler:
         """
         probabilities, labels = self._outputs.arrays()
         self.report = clinical_report(labels, probabilities, self.classes, self.num_resamples, seed=self.seed)
+        if self.positive_class is not None:
+            validation = self._validation_outputs(engine) if self.validation_loader is not None else (None, None)
+            self.report["operating_points"] = {
+                "positive_class": self.positive_class,
+                **operating_points(
+                    self.classes.index(self.positive_class),
+                    labels,
+                    probabilities,
+                    validation[1],
+                    validation[0],
+                    self.specificities,
+                    self.target_sensitivity,
+                ),
+            }
         if not is_main_process():
             return
         written = save_clinical_report(self.report, labels, probabilities, self.output_dir)
@@ -81,3 +129,18 @@ class ClinicalReportHandler:
             overall["ece"]["value"],
             ", ".join(str(path) for path in written),
         )
+
+    def _validation_outputs(self, engine: SupervisedEvaluator) -> tuple[np.ndarray, np.ndarray]:
+        """``(probabilities, labels)`` of the evaluator's network, inferer and batch preparation on validation."""
+        network = engine.network
+        probabilities, labels = [], []
+        was_training = network.training
+        network.eval()
+        with torch.no_grad():
+            for batch in cast(Iterable, self.validation_loader):
+                inputs, targets = engine.prepare_batch(batch, engine.state.device, False)[:2]
+                logits = engine.inferer(inputs, network)
+                probabilities.append(torch.softmax(torch.as_tensor(logits).float(), 1).cpu().numpy())
+                labels.append(torch.as_tensor(targets).reshape(-1).long().cpu().numpy())
+        network.train(was_training)
+        return np.concatenate(probabilities), np.concatenate(labels)
