@@ -132,11 +132,15 @@ def save_clinical_report(
     confidence, accuracy, count = reliability_curve(labels, probabilities)
     figure, axes = plt.subplots(figsize=(5.5, 5))
     filled = count > 0
-    axes.bar(confidence[filled], accuracy[filled], width=1 / len(count), alpha=0.7, edgecolor="black", label="accuracy")
+    centres = (np.arange(len(count)) + 0.5) / len(count)
+    axes.bar(centres[filled], accuracy[filled], width=1 / len(count), alpha=0.7, edgecolor="black", label="accuracy")
+    axes.plot(confidence[filled], confidence[filled], "_", color="black", markersize=9, label="mean confidence")
+    for centre, height, cases in zip(centres[filled], accuracy[filled], count[filled]):
+        axes.annotate(f"{int(cases)}", (centre, min(height, 0.95)), ha="center", va="bottom", fontsize=7)
     axes.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
     ece = report["overall"]["ece"]["value"]
     axes.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top class)", ylabel="accuracy")
-    axes.set_title(f"Reliability diagram (ECE {ece:.3f})")
+    axes.set_title(f"Reliability diagram (ECE {ece:.3f}; cases per bin)")
     axes.legend(loc="upper left")
     written.append(save_figure(figure, folder / REPORT_FIGURES[2]))
     return written
