@@ -9,10 +9,11 @@ import numpy as np
 
 from monai_shpeft.clinical.calibration import brier_score, expected_calibration_error
 
-__all__ = ["classification_report", "flatten_figures"]
+__all__ = ["classification_report", "flatten_figures", "ratio"]
 
 
-def _ratio(numerator: float, denominator: float) -> float:
+def ratio(numerator: float, denominator: float) -> float:
+    """``numerator / denominator``, ``nan`` for an empty denominator (a figure without cases)."""
     return float(numerator / denominator) if denominator else float("nan")
 
 
@@ -55,10 +56,10 @@ def classification_report(
         auc = float(roc_auc_score(positive, probabilities[:, index])) if 0 < positive.sum() < len(labels) else np.nan
         aucs.append(auc)
         per_class[name] = {
-            "sensitivity": _ratio(tp, tp + fn),
-            "specificity": _ratio(tn, tn + fp),
-            "ppv": _ratio(tp, tp + fp),
-            "npv": _ratio(tn, tn + fn),
+            "sensitivity": ratio(tp, tp + fn),
+            "specificity": ratio(tn, tn + fp),
+            "ppv": ratio(tp, tp + fp),
+            "npv": ratio(tn, tn + fn),
             "f1": float(f1[index]),
             "auc": float(auc),
             "support": int(tp + fn),
@@ -68,7 +69,7 @@ def classification_report(
         "per_class": per_class,
         "confusion_matrix": matrix.tolist(),
         "macro_f1": float(np.mean(f1)),
-        "accuracy": _ratio(np.trace(matrix), total),
+        "accuracy": ratio(np.trace(matrix), total),
         # scikit-learn's balanced_accuracy_score over the classes present; here over every class, nan if one is absent
         "balanced_accuracy": float(np.mean(sensitivities)),
         "macro_auc": float(np.mean(aucs)),

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from monai_shpeft.clinical.figures import ratio
+
 __all__ = ["apply_threshold", "operating_points", "sensitivity_at_specificity", "threshold_for_sensitivity"]
 
 
@@ -61,9 +63,6 @@ def apply_threshold(positive: np.ndarray, scores: np.ndarray, threshold: float) 
     called = scores >= threshold
     tp, fn = int(np.sum(called & positive)), int(np.sum(~called & positive))
     fp, tn = int(np.sum(called & ~positive)), int(np.sum(~called & ~positive))
-
-    def ratio(a: int, b: int) -> float:
-        return a / b if b else float("nan")
 
     return {
         "sensitivity": ratio(tp, tp + fn),

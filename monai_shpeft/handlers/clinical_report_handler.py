@@ -16,6 +16,7 @@ from monai_shpeft.clinical import clinical_report, operating_points, save_clinic
 from monai_shpeft.distributed import is_main_process
 from monai_shpeft.errors import SettingsError
 from monai_shpeft.handlers.trainer_access import EvaluatorOutputs
+from monai_shpeft.metrics import probabilities_and_labels
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 if TYPE_CHECKING:
@@ -139,8 +140,10 @@ class ClinicalReportHandler:
         with torch.no_grad():
             for batch in cast(Iterable, self.validation_loader):
                 inputs, targets = engine.prepare_batch(batch, engine.state.device, False)[:2]
-                logits = engine.inferer(inputs, network)
-                probabilities.append(torch.softmax(torch.as_tensor(logits).float(), 1).cpu().numpy())
-                labels.append(torch.as_tensor(targets).reshape(-1).long().cpu().numpy())
+                batch_probabilities, batch_labels = probabilities_and_labels(
+                    {"pred": engine.inferer(inputs, network), "label": targets}
+                )
+                probabilities.append(batch_probabilities.cpu().numpy())
+                labels.append(batch_labels.cpu().numpy())
         network.train(was_training)
         return np.concatenate(probabilities), np.concatenate(labels)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from monai.utils import min_version, optional_import
 
+from monai_shpeft.clinical import classification_report
 from monai_shpeft.handlers.trainer_access import EvaluatorOutputs, trainer_autocast_dtype
 from monai_shpeft.linear_probe import ProbeFit, extract_features, recipe_classifier
 from monai_shpeft.utils import atomic_write_json
@@ -29,31 +30,17 @@ _METRICS = {"f1": "macro-F1", "accuracy": "accuracy", "auc": "AUC"}
 
 
 def classification_figures(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
-    """Macro-F1, accuracy and macro one-vs-rest AUC with scikit-learn.
+    """Macro-F1, accuracy and macro one-vs-rest AUC, as the clinical report computes them.
 
     Args:
         labels: ``[N]`` class indices.
         probabilities: ``[N, C]`` class probabilities.
 
     Returns:
-        ``{"f1", "accuracy", "auc"}`` (``auc`` is ``nan`` when the labels hold one class).
+        ``{"f1", "accuracy", "auc"}`` (``auc`` is ``nan`` when a class has no case).
     """
-    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
-
-    predicted = probabilities.argmax(1)
-    classes = np.arange(probabilities.shape[1])
-    figures = {
-        "f1": float(f1_score(labels, predicted, labels=classes, average="macro", zero_division=0)),
-        "accuracy": float(accuracy_score(labels, predicted)),
-    }
-    try:
-        if probabilities.shape[1] == 2:
-            figures["auc"] = float(roc_auc_score(labels, probabilities[:, 1]))
-        else:
-            figures["auc"] = float(roc_auc_score(labels, probabilities, multi_class="ovr", labels=classes))
-    except ValueError:  # one class only in the labels
-        figures["auc"] = float("nan")
-    return figures
+    report = classification_report(labels, probabilities)
+    return {"f1": report["macro_f1"], "accuracy": report["accuracy"], "auc": report["macro_auc"]}
 
 
 class ProbeComparisonHandler:
