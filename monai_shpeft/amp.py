@@ -114,11 +114,16 @@ class AutocastInferer(Inferer):
 
     Args:
         policy: an :class:`AmpPolicy`, ``None`` or one without ``autocast_dtype`` for a plain call.
+        temperature: a positive divisor of the output logits (temperature scaling fitted on validation data,
+            :mod:`monai_shpeft.clinical.temperature`); 1 leaves them as they are.
     """
 
-    def __init__(self, policy: AmpPolicy | None = None) -> None:
+    def __init__(self, policy: AmpPolicy | None = None, temperature: float = 1.0) -> None:
         super().__init__()
+        if not float(temperature) > 0:
+            raise ValueError(f"temperature must be a positive number, got {temperature!r}.")
         self.policy = policy
+        self.temperature = float(temperature)
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -135,13 +140,19 @@ class AutocastInferer(Inferer):
             kwargs: extra keyword inputs.
 
         Returns:
-            the network's output, floating tensors cast to float32.
+            the network's output, floating tensors cast to float32 and divided by the temperature.
         """
         policy = self.policy
+        autocast = policy is not None and policy.autocast_dtype is not None
         if policy is None or policy.autocast_dtype is None:
-            return network(inputs, *args, **kwargs)
-        with torch.autocast(policy.device_type, dtype=policy.autocast_dtype):
             output = network(inputs, *args, **kwargs)
-        if isinstance(output, torch.Tensor) and output.is_floating_point():
-            return output.float()
+        else:
+            with torch.autocast(policy.device_type, dtype=policy.autocast_dtype):
+                output = network(inputs, *args, **kwargs)
+        if not (isinstance(output, torch.Tensor) and output.is_floating_point()):
+            return output
+        if autocast:
+            output = output.float()
+        if self.temperature != 1.0:
+            output = output.float() / self.temperature
         return output

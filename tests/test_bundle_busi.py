@@ -73,6 +73,9 @@ def test_training_writes_model_set_split_and_metadata_record(trained: Path) -> N
     assert record["file"] == "sparse_trainable_set.safetensors"
     assert record["sha256"] == sha256_of_file(models / "sparse_trainable_set.safetensors")
     assert sum(record["counts_per_block"].values()) == record["selected"]
+    # temperature scaling fitted on the validation split for the kept model
+    temperature = json.loads((models / "temperature.json").read_text())
+    assert temperature["temperature"] > 0 and temperature["fitted_on"] == "validation"
 
     split = json.loads((trained / BUNDLE / "runs" / "datalist.json").read_text())
     parts = {part: {item["image"] for item in split[part]} for part in ("training", "validation", "test")}
@@ -135,6 +138,11 @@ def test_evaluate_reports_f1_accuracy_auc_on_the_test_split(trained: Path) -> No
     assert report["intervals"]["resamples"] == 1000 and set(report["per_class"]["malignant"]) >= {"sensitivity", "npv"}
     assert abs(report["overall"]["macro_f1"]["value"] - metrics["test_f1"]) < 1e-6
     assert all((eval_dir / name).stat().st_size > 0 for name in REPORT_FIGURES)
+    # the probabilities are the temperature-scaled ones; the report says by how much and what it did to ECE
+    scaling = report["temperature_scaling"]
+    fitted = json.loads((trained / BUNDLE / "models" / "temperature.json").read_text())["temperature"]
+    assert scaling["applied"] and scaling["temperature"] == pytest.approx(fitted)
+    assert scaling["ece"]["after"] == pytest.approx(report["overall"]["ece"]["value"])
 
 
 def test_a_positive_class_gives_operating_points_and_an_unknown_one_is_named(trained: Path) -> None:
@@ -168,6 +176,17 @@ def test_inference_writes_one_prediction_per_image(trained: Path) -> None:
         probabilities = [float(row[f"p_{c}"]) for c in ("benign", "malignant", "normal")]
         assert abs(sum(probabilities) - 1.0) < 1e-4
         assert row["predicted_class"] == ("benign", "malignant", "normal")[probabilities.index(max(probabilities))]
+
+    # without temperature scaling: the network's own probabilities, the same classes
+    args = ["--input_dir", "busi/normal", "--predictions_file", "unscaled.csv", "--temperature_scaling", "false"]
+    run_command(
+        monai_bundle("run", "--config_file", f"{BUNDLE}/configs/inference.json", *args, *TINY_BUNDLE_ARGS), cwd=trained
+    )
+    unscaled = {row["image"]: row for row in csv.DictReader((trained / "unscaled.csv").open())}
+    assert {row["image"]: row["predicted_class"] for row in rows} == {
+        image: row["predicted_class"] for image, row in unscaled.items()
+    }
+    assert any(row["p_normal"] != unscaled[row["image"]]["p_normal"] for row in rows)
 
 
 def test_ckpt_export_and_verify_commands(trained: Path) -> None:

@@ -42,6 +42,7 @@ def test_the_report_holds_the_figures_of_the_evaluated_network_with_intervals_an
         json.dumps(clinical_report(labels, probabilities, NAMES, num_resamples=50, seed=1)).replace("NaN", "null")
     )
     assert report["num_cases"] == 24 and report["classes"] == NAMES
+    assert report.pop("temperature_scaling")["applied"] is False  # no temperature: the network's own probabilities
     assert report == expected
     assert np.sum(report["confusion_matrix"]["counts"]) == 24
     for name in NAMES:
@@ -78,3 +79,36 @@ def test_a_positive_class_adds_operating_points_chosen_on_validation(tmp_path: P
 def test_a_positive_class_that_is_not_a_class_is_named_with_the_classes() -> None:
     with pytest.raises(SettingsError, match=r"positive_class 'cancer' is not a class.*benign, malignant, normal"):
         ClinicalReportHandler("unused", NAMES, positive_class="cancer")
+
+
+def test_with_a_temperature_the_report_gives_calibration_before_and_after_scaling(tmp_path: Path) -> None:
+    from monai_shpeft.amp import AutocastInferer
+    from monai_shpeft.clinical import brier_score, expected_calibration_error
+
+    torch.manual_seed(0)
+    network = build_classifier(TINY_TIMM, 3, image_size=28, tiny=True).eval()
+    loader = image_label_loader(num_samples=24, seed=4)
+    evaluator = SupervisedEvaluator(
+        device=torch.device("cpu"),
+        val_data_loader=loader,
+        network=network,
+        inferer=AutocastInferer(temperature=2.5),
+        decollate=False,
+    )
+    handler = ClinicalReportHandler(tmp_path / "eval", NAMES, num_resamples=0, temperature=2.5)
+    handler.attach(evaluator)
+    evaluator.run()
+
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    with torch.no_grad():
+        batches = list(loader)
+        logits = torch.cat([network(b["image"]) for b in batches]).double()
+        labels = torch.cat([torch.as_tensor(b["label"]).reshape(-1) for b in batches]).numpy()
+    own, scaled = torch.softmax(logits, 1).numpy(), torch.softmax(logits / 2.5, 1).numpy()
+    scaling = report["temperature_scaling"]
+    assert scaling["applied"] and scaling["temperature"] == 2.5
+    assert scaling["ece"]["before"] == pytest.approx(expected_calibration_error(labels, own), abs=1e-5)
+    assert scaling["ece"]["after"] == pytest.approx(expected_calibration_error(labels, scaled), abs=1e-5)
+    assert scaling["brier"]["before"] == pytest.approx(brier_score(labels, own), abs=1e-5)
+    assert report["overall"]["ece"]["value"] == pytest.approx(scaling["ece"]["after"], abs=1e-9)
+    assert scaling["ece"]["before"] != pytest.approx(scaling["ece"]["after"])

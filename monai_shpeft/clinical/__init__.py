@@ -3,7 +3,8 @@
 Per-class sensitivity, specificity, PPV, NPV, F1 and support, the confusion matrix, macro-F1, accuracy, balanced
 accuracy and one-vs-rest AUCs (:func:`classification_report`), stratified bootstrap confidence intervals for each
 of them (:func:`bootstrap_intervals`), and how far the probabilities can be trusted: expected calibration error,
-Brier score and the reliability curve (:mod:`monai_shpeft.clinical.calibration`); :func:`save_clinical_report`
+Brier score and the reliability curve (:mod:`monai_shpeft.clinical.calibration`), and temperature scaling fitted on
+validation data (:mod:`monai_shpeft.clinical.temperature`); :func:`save_clinical_report`
 writes them as ``report.json`` with a confusion matrix, ROC curves and a reliability diagram.
 """
 
@@ -14,6 +15,14 @@ from monai_shpeft.clinical.calibration import brier_score, expected_calibration_
 from monai_shpeft.clinical.figures import classification_report, flatten_figures
 from monai_shpeft.clinical.operating_point import operating_points
 from monai_shpeft.clinical.report import REPORT_FIGURES, clinical_report, save_clinical_report
+from monai_shpeft.clinical.temperature import (
+    fit_temperature,
+    load_temperature,
+    rescale_probabilities,
+    save_temperature,
+    softmax,
+    temperature_record,
+)
 
 __all__ = [
     "REPORT_FIGURES",
@@ -23,7 +32,13 @@ __all__ = [
     "brier_score",
     "classification_report",
     "expected_calibration_error",
+    "fit_temperature",
+    "load_temperature",
     "flatten_figures",
     "operating_points",
     "reliability_curve",
+    "rescale_probabilities",
+    "save_temperature",
+    "softmax",
+    "temperature_record",
 ]

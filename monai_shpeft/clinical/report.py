@@ -12,6 +12,7 @@ import numpy as np
 from monai_shpeft.clinical.bootstrap import bootstrap_intervals
 from monai_shpeft.clinical.calibration import reliability_curve
 from monai_shpeft.clinical.figures import classification_report, flatten_figures
+from monai_shpeft.clinical.temperature import rescale_probabilities
 from monai_shpeft.plots import save_figure
 from monai_shpeft.utils import atomic_write_json
 
@@ -139,8 +140,21 @@ def save_clinical_report(
         axes.annotate(f"{int(cases)}", (centre, min(height, 0.95)), ha="center", va="bottom", fontsize=7)
     axes.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
     ece = report["overall"]["ece"]["value"]
+    title = f"Reliability diagram (ECE {ece:.3f}; cases per bin)"
+    scaling = report.get("temperature_scaling") or {}
+    if scaling.get("applied"):
+        # the network's own probabilities, before the temperature fitted on validation divided its logits
+        own_confidence, own_accuracy, own_count = reliability_curve(
+            labels, rescale_probabilities(probabilities, scaling["temperature"])
+        )
+        own = own_count > 0
+        axes.plot(own_confidence[own], own_accuracy[own], "x--", color="tab:red", label="before temperature scaling")
+        title = (
+            f"Reliability diagram (ECE {ece:.3f}, {scaling['ece']['before']:.3f} before T = "
+            f"{scaling['temperature']:.2f}; cases per bin)"
+        )
     axes.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top class)", ylabel="accuracy")
-    axes.set_title(f"Reliability diagram (ECE {ece:.3f}; cases per bin)")
+    axes.set_title(title, fontsize=9)
     axes.legend(loc="upper left")
     written.append(save_figure(figure, folder / REPORT_FIGURES[2]))
     return written

@@ -18,6 +18,7 @@ from monai_shpeft.handlers.probe_comparison_handler import ProbeComparisonHandle
 from monai_shpeft.handlers.resume_handler import ResumeError, ResumeHandler
 from monai_shpeft.handlers.sparse_set_record_handler import SparseSetRecordHandler
 from monai_shpeft.handlers.spt_lora_handler import SPTLoRAHandler
+from monai_shpeft.handlers.temperature_scaling_handler import TemperatureScalingHandler
 from monai_shpeft.handlers.weight_averaging_handler import WeightAveragingHandler
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "ResumeHandler",
     "SPTLoRAHandler",
     "SparseSetRecordHandler",
+    "TemperatureScalingHandler",
     "WeightAveragingHandler",
     "check_checkpoint",
     "classification_figures",

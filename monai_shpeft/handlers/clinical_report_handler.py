@@ -9,14 +9,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 import numpy as np
-import torch
 from monai.utils import min_version, optional_import
 
-from monai_shpeft.clinical import clinical_report, operating_points, save_clinical_report
+from monai_shpeft.clinical import (
+    brier_score,
+    clinical_report,
+    expected_calibration_error,
+    operating_points,
+    rescale_probabilities,
+    save_clinical_report,
+    softmax,
+)
 from monai_shpeft.distributed import is_main_process
 from monai_shpeft.errors import SettingsError
-from monai_shpeft.handlers.trainer_access import EvaluatorOutputs
-from monai_shpeft.metrics import probabilities_and_labels
+from monai_shpeft.handlers.trainer_access import EvaluatorOutputs, engine_outputs
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 if TYPE_CHECKING:
@@ -50,6 +56,9 @@ class ClinicalReportHandler:
         specificities: the fixed specificities.
         target_sensitivity: the sensitivity the validation threshold must reach.
         validation_loader: the validation split, run through the evaluator's network for the threshold.
+        temperature: the temperature the evaluator's inferer divides the logits by (fitted on validation by
+            :class:`~monai_shpeft.handlers.TemperatureScalingHandler`); the report then shows ECE and Brier score
+            before scaling (the network's own probabilities) and after (those reported everywhere else).
 
     Raises:
         SettingsError: when ``positive_class`` is not one of ``classes`` (the message lists them).
@@ -65,6 +74,7 @@ class ClinicalReportHandler:
         specificities: Sequence[float] = (0.90, 0.95),
         target_sensitivity: float = 0.95,
         validation_loader: Iterable | None = None,
+        temperature: float = 1.0,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.classes = list(classes)
@@ -81,6 +91,7 @@ class ClinicalReportHandler:
         self.specificities = [float(value) for value in specificities]
         self.target_sensitivity = float(target_sensitivity)
         self.validation_loader = validation_loader
+        self.temperature = float(temperature)
         self.report: dict | None = None
         self.logger = logging.getLogger(__name__)
         self._outputs = EvaluatorOutputs()
@@ -102,6 +113,7 @@ class ClinicalReportHandler:
         """
         probabilities, labels = self._outputs.arrays()
         self.report = clinical_report(labels, probabilities, self.classes, self.num_resamples, seed=self.seed)
+        self.report["temperature_scaling"] = self._calibration_before_and_after(labels, probabilities)
         if self.positive_class is not None:
             validation = self._validation_outputs(engine) if self.validation_loader is not None else (None, None)
             self.report["operating_points"] = {
@@ -131,19 +143,20 @@ class ClinicalReportHandler:
             ", ".join(str(path) for path in written),
         )
 
+    def _calibration_before_and_after(self, labels: np.ndarray, probabilities: np.ndarray) -> dict:
+        """The temperature and the test ECE and Brier score without it (the network's own) and with it."""
+        own = rescale_probabilities(probabilities, self.temperature) if self.temperature != 1.0 else probabilities
+        return {
+            "temperature": self.temperature,
+            "applied": self.temperature != 1.0,
+            "ece": {
+                "before": expected_calibration_error(labels, own),
+                "after": expected_calibration_error(labels, probabilities),
+            },
+            "brier": {"before": brier_score(labels, own), "after": brier_score(labels, probabilities)},
+        }
+
     def _validation_outputs(self, engine: SupervisedEvaluator) -> tuple[np.ndarray, np.ndarray]:
         """``(probabilities, labels)`` of the evaluator's network, inferer and batch preparation on validation."""
-        network = engine.network
-        probabilities, labels = [], []
-        was_training = network.training
-        network.eval()
-        with torch.no_grad():
-            for batch in cast(Iterable, self.validation_loader):
-                inputs, targets = engine.prepare_batch(batch, engine.state.device, False)[:2]
-                batch_probabilities, batch_labels = probabilities_and_labels(
-                    {"pred": engine.inferer(inputs, network), "label": targets}
-                )
-                probabilities.append(batch_probabilities.cpu().numpy())
-                labels.append(batch_labels.cpu().numpy())
-        network.train(was_training)
-        return np.concatenate(probabilities), np.concatenate(labels)
+        logits, labels = engine_outputs(engine, cast(Iterable, self.validation_loader))
+        return softmax(logits), labels

@@ -14,19 +14,20 @@ import torch
 from monai.utils import min_version, optional_import
 
 from monai_shpeft.importance import ImportanceMode, ImportanceStrategy, estimate_importance
-from monai_shpeft.metrics import probabilities_and_labels
+from monai_shpeft.metrics import labels_of, probabilities_and_labels
 from monai_shpeft.utils import unwrap
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 if TYPE_CHECKING:
     from ignite.engine import Engine
-    from monai.engines import SupervisedTrainer, Workflow
+    from monai.engines import SupervisedEvaluator, SupervisedTrainer, Workflow
 else:
     Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
 
 __all__ = [
     "EvaluatorOutputs",
     "calibration_loader",
+    "engine_outputs",
     "engine_prepare_batch",
     "trainer_autocast_dtype",
     "trainer_importance",
@@ -42,6 +43,44 @@ def engine_prepare_batch(engine: Workflow) -> Any:
         return prepare(batch, device, getattr(engine, "non_blocking", non_blocking), **to_kwargs)
 
     return prepare_for_estimation
+
+
+def engine_outputs(
+    engine: SupervisedTrainer | SupervisedEvaluator, data_loader: Iterable
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(outputs [N, C], labels [N])`` of an engine's network on a loader, as the engine would compute them.
+
+    The engine's batch preparation (FPT's low-resolution image included) and inferer (its precision and temperature),
+    on the unwrapped network (only this process runs the pass, so not through DDP), in evaluation mode and without
+    gradients; the network's mode is restored afterwards.
+
+    Args:
+        engine: a MONAI trainer or evaluator.
+        data_loader: the cases, unshuffled.
+
+    Returns:
+        float32 outputs (logits) and integer labels, in the loader's order; empty arrays without cases.
+    """
+    network = unwrap(engine.network)
+    prepare = engine_prepare_batch(engine)
+    outputs: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    was_training = network.training
+    network.eval()
+    try:
+        with torch.no_grad():
+            for batch in data_loader:
+                prepared = prepare(batch, engine.state.device, False)
+                inputs, targets = prepared[0], prepared[1]
+                args, kwargs = (prepared[2], prepared[3]) if len(prepared) == 4 else ((), {})
+                logits = engine.inferer(inputs, network, *args, **kwargs)
+                outputs.append(torch.as_tensor(logits).float().cpu().numpy())
+                labels.append(labels_of({"label": targets}).cpu().numpy())
+    finally:
+        network.train(was_training)
+    if not outputs:
+        return np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=np.int64)
+    return np.concatenate(outputs), np.concatenate(labels)
 
 
 def trainer_autocast_dtype(engine: Engine) -> torch.dtype | None:

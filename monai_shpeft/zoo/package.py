@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 LARGE_FILES_NAME = "large_files.yml"
 #: files of models/ shipped in the package (the full checkpoint only on request)
-_SHIPPED_MODEL_FILES = ("delta.safetensors", "sparse_trainable_set.safetensors")
+_SHIPPED_MODEL_FILES = ("delta.safetensors", "sparse_trainable_set.safetensors", "temperature.json")
 #: keys a training run writes into its ``models/metadata.json``, carried into the packaged metadata
 _RUN_RECORD_KEYS = (RECORD_KEY, DELTA_RECORD_KEY)
 #: top-level knobs set from the delta's recipe in every config that has them
