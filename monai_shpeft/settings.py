@@ -13,8 +13,10 @@ import torch
 
 from monai_shpeft.amp import resolve_amp
 from monai_shpeft.backbones import check_image_size, patch_size_of
+from monai_shpeft.clinical import check_saliency
 from monai_shpeft.data.split import check_folds
 from monai_shpeft.errors import SettingsError
+from monai_shpeft.handlers.tracking_handler import check_tracking
 from monai_shpeft.importance import scoped_parameters
 from monai_shpeft.methods import check_method, check_optimizer, resolve_checkpoint_rule, resolve_learning_rates
 from monai_shpeft.sparse_set import resolve_budget
@@ -46,6 +48,9 @@ def check_settings(
     checkpoint_rule: str | None = None,
     max_epochs: int | None = None,
     fpt_max_epochs: int | None = None,
+    tracking: str | None = None,
+    tracking_uri: str | None = None,
+    saliency: str | None = None,
 ) -> None:
     """Check the knobs of a run that can be checked without data, before anything is built or read.
 
@@ -67,6 +72,9 @@ def check_settings(
         checkpoint_rule: the ``checkpoint_rule`` knob (``None``: the method's default).
         max_epochs: the classifier methods' epochs (the ``max_epochs`` knob).
         fpt_max_epochs: FPT's epochs (the ``fpt_max_epochs`` knob).
+        tracking: the ``tracking`` knob (``""``/``"none"``, or ``"mlflow"``: MLflow must be installed).
+        tracking_uri: the ``tracking_uri`` knob (checked when tracking).
+        saliency: inference's ``saliency`` knob (``""``/``None``: no maps; else ``gradcam`` or ``rollout``).
 
     Raises:
         SettingsError: naming the first knob whose value cannot work, and a value that does.
@@ -74,6 +82,8 @@ def check_settings(
     method = check_method(method)
     check_optimizer(optimizer_name)
     check_slice_policy(slice_policy)
+    check_tracking(tracking, tracking_uri)
+    check_saliency(saliency)
     resolve_checkpoint_rule(method, checkpoint_rule)
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise SettingsError(f"batch_size must be a whole number >= 1, got {batch_size!r} (e.g. --batch_size 32).")

@@ -26,6 +26,7 @@ __all__ = [
     "atomic_path",
     "atomic_write_json",
     "config_bundle_root",
+    "config_tracking",
     "read_run_metadata",
     "read_safetensors",
     "sha256_of_file",
@@ -280,6 +281,15 @@ def config_bundle_root() -> str:
     Returns:
         the bundle folder, relative when the config path was.
     """
+    workflow = _running_workflow()
+    if workflow is not None:
+        return _bundle_folder(Path(workflow.config_root_path))
+    config_file = _config_file_argument(sys.argv)
+    return _bundle_folder(Path(config_file).parent) if config_file else "."
+
+
+def _running_workflow() -> Any | None:
+    """The MONAI ``ConfigWorkflow`` whose config is being resolved (a caller's ``self`` up the stack), if any."""
     from monai.bundle import ConfigWorkflow
 
     frame = inspect.currentframe()
@@ -287,12 +297,35 @@ def config_bundle_root() -> str:
         while frame is not None:
             workflow = frame.f_locals.get("self")
             if isinstance(workflow, ConfigWorkflow):
-                return _bundle_folder(Path(workflow.config_root_path))
+                return workflow
             frame = frame.f_back
     finally:
         del frame  # a frame kept alive would keep every local of the stack alive
-    config_file = _config_file_argument(sys.argv)
-    return _bundle_folder(Path(config_file).parent) if config_file else "."
+    return None
+
+
+def config_tracking() -> str:
+    """The experiment tracking ``monai.bundle run --tracking`` gave the bundle being run: ``"mlflow"`` or ``""``.
+
+    ``--tracking`` is MONAI's own option (:func:`monai.bundle.run`), not a config key: MONAI appends an
+    ``MLFlowHandler`` to the bundle's handler lists (``train#handlers``, ``validate#handlers``, ``handlers``) and
+    keeps the bundle's ``tracking_uri``, ``experiment_name`` and ``run_name``. The bundles set
+    ``"tracking": "$monai_shpeft.utils.config_tracking()"``, which finds those handlers in the running workflow's
+    config, so the bundle's own tracking (:class:`~monai_shpeft.handlers.TrackingHandler`) runs exactly when MONAI's
+    does.
+
+    Returns:
+        ``"mlflow"`` when the workflow's config has an ``MLFlowHandler``, else ``""`` (also outside a workflow).
+    """
+    workflow = _running_workflow()
+    if workflow is None:
+        return ""
+    for handlers_id in ("train#handlers", "validate#handlers", "handlers"):
+        handlers = workflow.parser.get(handlers_id)
+        for handler in handlers if isinstance(handlers, list) else ():
+            if isinstance(handler, dict) and str(handler.get("_target_", "")).rsplit(".", 1)[-1] == "MLFlowHandler":
+                return "mlflow"
+    return ""
 
 
 def unwrap(network: nn.Module) -> nn.Module:

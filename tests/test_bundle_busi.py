@@ -172,6 +172,7 @@ def test_inference_writes_one_prediction_per_image(trained: Path) -> None:
     )
     rows = list(csv.DictReader((trained / BUNDLE / "runs" / "predictions.csv").open()))
     assert len(rows) == 10  # masks skipped
+    assert "saliency" not in rows[0] and not (trained / BUNDLE / "runs" / "saliency").exists()  # off by default
     for row in rows:
         probabilities = [float(row[f"p_{c}"]) for c in ("benign", "malignant", "normal")]
         assert abs(sum(probabilities) - 1.0) < 1e-4
@@ -187,6 +188,30 @@ def test_inference_writes_one_prediction_per_image(trained: Path) -> None:
         image: row["predicted_class"] for image, row in unscaled.items()
     }
     assert any(row["p_normal"] != unscaled[row["image"]]["p_normal"] for row in rows)
+
+
+def test_inference_with_saliency_writes_an_overlay_per_image_and_a_bad_value_is_named(trained: Path) -> None:
+    from PIL import Image
+
+    inference = ["--config_file", f"{BUNDLE}/configs/inference.json", "--input_dir", "busi/normal", *TINY_BUNDLE_ARGS]
+    args = [*inference, "--output_dir", "runs_saliency"]
+    run_command(monai_bundle("run", *args, "--saliency", "gradcam"), cwd=trained)
+    overlays = sorted((trained / "runs_saliency" / "saliency").glob("*.png"))
+    rows = list(csv.DictReader((trained / "runs_saliency" / "predictions.csv").open()))
+    assert len(overlays) == len(rows) == 10
+    for row in rows:  # <output_dir>/saliency/<image stem>_<predicted class>.png, listed beside the prediction
+        stem = Path(row["image"]).stem.replace(" (", "_").rstrip(")")
+        assert row["saliency"] == f"runs_saliency/saliency/{stem}_{row['predicted_class']}.png"
+        with Image.open(trained / row["saliency"]) as overlay:
+            assert overlay.size == (28, 28) and overlay.mode == "RGB"
+
+    failed = run_process(monai_bundle("run", *args, "--saliency", "gradcm"), trained)
+    assert failed.returncode != 0
+    last = (failed.stdout + failed.stderr).strip().splitlines()[-1]
+    assert last == (
+        "SettingsError: saliency 'gradcm' is not a saliency method; use one of: gradcam, rollout (or \"\" for none), "
+        "e.g. --saliency gradcam."
+    ), last
 
 
 def test_ckpt_export_and_verify_commands(trained: Path) -> None:

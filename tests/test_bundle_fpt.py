@@ -137,6 +137,21 @@ def test_evaluate_and_inference_run_the_frozen_branch(trained: tuple[Path, str])
     assert all(abs(sum(float(r[f"p_{c}"]) for c in ("benign", "malignant", "normal")) - 1) < 1e-4 for r in rows)
 
 
+def test_inference_saliency_is_drawn_over_the_high_resolution_image(trained: tuple[Path, str]) -> None:
+    """FPT's Grad-CAM is the side network's (28 px, 2 x 2 patches) drawn over the frozen branch's 56 px input."""
+    from PIL import Image
+
+    work, _ = trained
+    args = ["--config_file", f"{BUNDLE}/configs/inference.json", "--input_dir", "busi/benign", "--saliency", "gradcam"]
+    log = run_command(monai_bundle("run", *args, *TINY_BUNDLE_ARGS, *FPT_ARGS, "--output_dir", "runs_saliency"), work)
+    assert "Saliency gradcam on the FPT side network, 2x2 patches of the low-resolution image" in log
+    rows = list(csv.DictReader((work / "runs_saliency" / "predictions.csv").open()))
+    assert len(rows) == 10 and len(list((work / "runs_saliency" / "saliency").glob("*.png"))) == 10
+    for row in rows:
+        with Image.open(work / row["saliency"]) as overlay:
+            assert overlay.size == (56, 56)
+
+
 def test_verify_net_in_out_with_a_single_high_resolution_image(tmp_path: Path) -> None:
     """The metadata's 3 x 224 x 224 input alone: the network makes the side network's copy itself."""
     work = copy_bundles(tmp_path)

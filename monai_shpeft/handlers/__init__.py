@@ -16,9 +16,11 @@ from monai_shpeft.handlers.importance_estimation_handler import ImportanceEstima
 from monai_shpeft.handlers.prediction_writer_handler import PredictionWriter
 from monai_shpeft.handlers.probe_comparison_handler import ProbeComparisonHandler, classification_figures
 from monai_shpeft.handlers.resume_handler import ResumeError, ResumeHandler
+from monai_shpeft.handlers.saliency_handler import SaliencyHandler
 from monai_shpeft.handlers.sparse_set_record_handler import SparseSetRecordHandler
 from monai_shpeft.handlers.spt_lora_handler import SPTLoRAHandler
 from monai_shpeft.handlers.temperature_scaling_handler import TemperatureScalingHandler
+from monai_shpeft.handlers.tracking_handler import TrackingHandler, check_tracking, default_tracking_uri
 from monai_shpeft.handlers.weight_averaging_handler import WeightAveragingHandler
 
 __all__ = [
@@ -35,10 +37,14 @@ __all__ = [
     "ProbeComparisonHandler",
     "ResumeError",
     "ResumeHandler",
+    "SaliencyHandler",
     "SPTLoRAHandler",
     "SparseSetRecordHandler",
     "TemperatureScalingHandler",
+    "TrackingHandler",
     "WeightAveragingHandler",
     "check_checkpoint",
+    "check_tracking",
     "classification_figures",
+    "default_tracking_uri",
 ]

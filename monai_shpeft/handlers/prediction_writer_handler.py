@@ -20,7 +20,26 @@ if TYPE_CHECKING:
 else:
     Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
 
-__all__ = ["PredictionWriter"]
+__all__ = ["PREDICTION_COLUMNS", "PredictionWriter", "add_prediction_column"]
+
+#: the ``engine.state`` attribute through which other handlers add columns to the CSV: ``{column: {image: value}}``
+PREDICTION_COLUMNS = "prediction_columns"
+
+
+def add_prediction_column(engine: Engine, column: str, image: str, value: str) -> None:
+    """Give ``image`` a ``value`` in the extra ``column`` of the predictions CSV written at the end of the run.
+
+    Args:
+        engine: the evaluator a :class:`PredictionWriter` is attached to.
+        column: the column's name.
+        image: the image's name, as the writer reads it (its path from the batch).
+        value: the cell.
+    """
+    columns = getattr(engine.state, PREDICTION_COLUMNS, None)
+    if columns is None:
+        columns = {}
+        setattr(engine.state, PREDICTION_COLUMNS, columns)
+    columns.setdefault(column, {})[image] = value
 
 
 class PredictionWriter:
@@ -29,7 +48,8 @@ class PredictionWriter:
     The evaluator must run with ``decollate=False`` so that ``engine.state.output["pred"]`` holds the batch's
     logits ``[B, C]``. Image names come from the batch's ``image_key`` entry (keep the path with
     ``CopyItemsd`` before loading) or, failing that, from the image's MONAI metadata. The file is written
-    atomically when the run completes.
+    atomically when the run completes. Other handlers add columns with :func:`add_prediction_column` (the
+    :class:`~monai_shpeft.handlers.SaliencyHandler`'s overlay files), in any handler order.
 
     Args:
         output_file: the CSV file to write.
@@ -56,6 +76,7 @@ class PredictionWriter:
 
     def _reset(self, engine: Engine) -> None:
         self.rows = []
+        setattr(engine.state, PREDICTION_COLUMNS, {})
 
     def __call__(self, engine: Engine) -> None:
         """Add the rows of the current batch.
@@ -92,14 +113,15 @@ class PredictionWriter:
         """Write the collected rows.
 
         Args:
-            engine: unused; lets the method be an event handler.
+            engine: the evaluator whose handlers added columns (:func:`add_prediction_column`), if any.
 
         Returns:
             the CSV path.
         """
+        extra: dict[str, dict[str, str]] = getattr(getattr(engine, "state", None), PREDICTION_COLUMNS, None) or {}
         with atomic_path(self.output_file) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["image", "predicted_class", *[f"p_{name}" for name in self.classes]])
-            writer.writerows(self.rows)
+            writer.writerow(["image", "predicted_class", *[f"p_{name}" for name in self.classes], *extra])
+            writer.writerows([*row, *[cells.get(row[0], "") for cells in extra.values()]] for row in self.rows)
         self.logger.info("Wrote %d predictions to %s.", len(self.rows), self.output_file)
         return self.output_file

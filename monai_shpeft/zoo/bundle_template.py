@@ -114,9 +114,10 @@ _EVALUATE_DESC = (
 _INFERENCE_DESC = (
     "Predict every image of --input_dir (or of --input_datalist part --datalist_part) with the trained {title} "
     "model: python -m monai.bundle run --config_file configs/inference.json --input_dir DIR. Writes "
-    "<output_dir>/predictions.csv (class and probabilities per image). Pass the --backbone and --image_size used "
-    "in training. The weights come from models/model.pt (weights 'checkpoint') or from the public backbone plus "
-    "models/delta.safetensors (weights 'delta'); 'auto' takes the checkpoint if it exists."
+    "<output_dir>/predictions.csv (class and probabilities per image); --saliency gradcam (or rollout, for ViTs) "
+    "adds a saliency map over each image in <output_dir>/saliency, listed in the CSV. Pass the --backbone and "
+    "--image_size used in training. The weights come from models/model.pt (weights 'checkpoint') or from the public "
+    "backbone plus models/delta.safetensors (weights 'delta'); 'auto' takes the checkpoint if it exists."
 )
 _MULTI_GPU_DESC = (
     "Distributed data-parallel training of {title}, merged after train.json and launched with torchrun: torchrun "
