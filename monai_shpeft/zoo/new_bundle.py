@@ -260,7 +260,10 @@ sparse trainable set and the run's metadata) in this folder.
 Not measured yet: fill `eval_metrics` in `configs/metadata.json` and this section from `runs/eval/metrics.csv`,
 with the command and the split. Evaluation also writes the clinical report: `runs/eval/report.json` (per-class
 sensitivity, specificity, PPV, NPV, F1 and AUC with 95% bootstrap intervals, calibration, the confusion matrix)
-and its figures (`confusion_matrix.png`, `roc_curves.png`, `reliability_diagram.png`).
+and its figures (`confusion_matrix.png`, `roc_curves.png`, `reliability_diagram.png`), with the probabilities
+scaled by the temperature training fitted on the validation split (`models/temperature.json`; ECE and Brier score
+before and after in the report). Inference with `--saliency gradcam` (or `rollout`) draws one overlay per image in
+`runs/saliency/`; `--tracking mlflow` logs training and evaluation into one MLflow run (`runs/mlruns.db`).
 
 ## References
 
