@@ -14,7 +14,10 @@ bundles train it: the network from :func:`~monai_shpeft.methods.build_network`, 
   beforehand with the cache's real ``fill``, outside any measurement (by the ``fpt`` process once its own
   measurement is printed, or by a preliminary process when ``fpt`` is not run); the measured process looks the
   features up with :class:`~monai_shpeft.feature_cache.LoadFrozenFeaturesd` through a DataLoader. The frozen backbone
-  stays in the network (it is part of the model), so its weights count in this method's peak too.
+  stays in the network (it is part of the model), so its weights count in this method's peak too;
+- ``full_gc``, ``shpeft_gc``: full fine-tuning and SH-PEFT with the bundles' ``grad_checkpointing`` knob, passed to
+  :func:`~monai_shpeft.methods.build_network` (each block keeps only its input and runs again in backward). They are
+  not run by default: name them in ``--methods``.
 
 Every method runs in a fresh subprocess of its own, one after the other, so that peaks cannot mix. In that process
 a :class:`~monai_shpeft.memory.PeakMemoryMeter` takes its baseline after the imports and before anything is built;
@@ -29,12 +32,21 @@ activations, data batches, and (SH-PEFT) the importance estimation pass. Ignite 
 data time runs from ``GET_BATCH_STARTED`` until the batch is on the device, the step time from there to
 ``ITERATION_COMPLETED``; warm-up iterations are reported apart. Weights are random unless ``--pretrained`` is given:
 memory and time do not depend on weight or pixel values, so images are random tensors of the stated shape. The parent
-writes ``<output_dir>/<name>.json``, ``<name>.md`` (a Markdown table) and ``<name>.png``.
+writes ``<output_dir>/<name>.json``, ``<name>.md`` (a Markdown table) and ``<name>.png``. With ``--repeats N`` every
+method is measured N times, round robin (a fresh process each time, so that slow drifts of the machine's load fall on
+every method alike); a method's peak and step time are then the medians over its repeats, each repeat's kept beside
+them.
 
 Example (the CPU figures in docs/benchmarks/ came from this command)::
 
     python benchmarks/fpt_memory.py --backbone timm:vit_base_patch16_224 --image_size 512 --batch_size 4 \
         --steps 2 --warmup 1 --name fpt_memory_cpu
+
+and the gradient checkpointing figures (docs/benchmarks/grad_checkpointing_cpu.json)::
+
+    python benchmarks/fpt_memory.py --backbone timm:vit_small_patch14_dinov2 \
+        --pretrained ../shared/weights/vit_small_patch14_dinov2.safetensors --image_size 224 --batch_size 16 \
+        --steps 2 --warmup 1 --methods full full_gc shpeft shpeft_gc --repeats 3 --name grad_checkpointing_cpu
 """
 
 from __future__ import annotations
@@ -58,10 +70,25 @@ if TYPE_CHECKING:  # the parent process never imports torch: the workers do
     import torch
     from monai.engines import SupervisedTrainer
 
-METHODS = ("full", "linear", "shpeft", "fpt", "fpt_preload")
-LABELS = dict(zip(METHODS, ("Full fine-tuning", "Linear probing", "SH-PEFT", "FPT", "FPT + preloading")))
-PLOT_LABELS = dict(zip(METHODS, ("Full\nfine-tuning", "Linear\nprobing", "SH-PEFT", "FPT", "FPT +\npreloading")))
+DEFAULT_METHODS = ("full", "linear", "shpeft", "fpt", "fpt_preload")
+CHECKPOINTED = ("full_gc", "shpeft_gc")  # with gradient checkpointing
+METHODS = (*DEFAULT_METHODS, *CHECKPOINTED)
+LABELS = dict(
+    zip(
+        METHODS,
+        ("Full fine-tuning", "Linear probing", "SH-PEFT", "FPT", "FPT + preloading")
+        + ("Full fine-tuning + checkpointing", "SH-PEFT + checkpointing"),
+    )
+)
+PLOT_LABELS = dict(
+    zip(
+        METHODS,
+        ("Full\nfine-tuning", "Linear\nprobing", "SH-PEFT", "FPT", "FPT +\npreloading")
+        + ("Full FT +\ncheckpointing", "SH-PEFT +\ncheckpointing"),
+    )
+)
 PACKAGE_METHODS = {"full": "full", "linear": "linear", "shpeft": "shpeft", "fpt": "fpt", "fpt_preload": "fpt"}
+PACKAGE_METHODS.update(full_gc="full", shpeft_gc="shpeft")
 PREPARE_CACHE = "prepare_cache"
 RESULT_MARKER = "FPT_MEMORY_RESULT "
 TARGET_FRACTION = 0.10  # the issue's target: FPT with preloading at or below 10% of full fine-tuning's peak
@@ -92,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--steps", type=int, default=3, help="timed training steps")
     parser.add_argument("--warmup", type=int, default=1, help="untimed training steps before the timed ones")
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(DEFAULT_METHODS))
+    parser.add_argument("--repeats", type=int, default=1, help="measurements of each method (fresh processes)")
     parser.add_argument("--num_classes", type=int, default=4)
     parser.add_argument("--budget", type=float, default=0.01, help="SH-PEFT trainable ratio of the backbone")
     parser.add_argument("--device", default="auto", help="'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1'...")
@@ -167,9 +195,11 @@ class StepTimer:
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.prepare: Callable[..., Any] | None = None
-        self.started = self.loaded = 0.0
+        self.started = self.loaded = self.loaded_cpu = 0.0
         self.data_seconds: list[float] = []
         self.step_seconds: list[float] = []
+        # the process's CPU time of each step: less sensitive than wall time to other work on a shared machine
+        self.step_cpu_seconds: list[float] = []
         self.losses: list[float] = []
 
     def attach(self, engine: SupervisedTrainer) -> None:
@@ -191,7 +221,7 @@ class StepTimer:
     def prepare_batch(self, batch: Any, device: torch.device, non_blocking: bool = False, **kwargs: Any) -> Any:
         """The trainer's own ``prepare_batch``, then the mark."""
         prepared = self.prepare(batch, device, non_blocking, **kwargs)
-        self.loaded = self.now()
+        self.loaded, self.loaded_cpu = self.now(), time.process_time()
         return prepared
 
     def fetching(self, engine: SupervisedTrainer) -> None:
@@ -203,6 +233,7 @@ class StepTimer:
         done = self.now()
         self.data_seconds.append(self.loaded - self.started)
         self.step_seconds.append(done - self.loaded)
+        self.step_cpu_seconds.append(time.process_time() - self.loaded_cpu)
         self.losses.append(float(engine.state.output["loss"].detach()))
 
 
@@ -309,6 +340,7 @@ def _build_network(args: argparse.Namespace, method: str, device: torch.device) 
         tiny=args.tiny,
         fpt_image_size=args.image_size,
         fpt_side_image_size=args.side_image_size,
+        grad_checkpointing=method in CHECKPOINTED,
     ).to(device)
 
 
@@ -344,6 +376,7 @@ def prepare_cache(args: argparse.Namespace) -> dict[str, Any]:
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Build, train and measure one method; everything allocated after the baseline counts towards the peak."""
     method, fpt = args.worker, args.worker in ("fpt", "fpt_preload")
+    shpeft = PACKAGE_METHODS[method] == "shpeft"
     _import_all(args.backbone)
     import torch
     from ignite.engine import Events
@@ -383,7 +416,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     dataset: Any = images
     handlers: list[Any] = []
     extra: dict[str, Any] = {}
-    if method == "shpeft":  # as in the bundles' train.json: the optimizer holds every parameter, the mask decides
+    if shpeft:  # as in the bundles' train.json: the optimizer holds every parameter, the mask decides
         estimation = ImportanceEstimationHandler(
             budget=args.budget, num_iterations=1, backbone_name=args.backbone, progress=False
         )
@@ -417,7 +450,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         memory["baseline_maxrss_bytes"] = baseline_maxrss
     else:
         memory.pop("high_water_mark_reset")
-    if method == "shpeft":
+    if shpeft:
         trainable_set = estimation.trainable_set
         trainable = trainable_set.num_selected + head_params
         extra = {
@@ -444,10 +477,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "trainable_params": trainable,
         "trainable_ratio": trainable / total_params,
         "weight_bytes": sum(p.numel() * p.element_size() for p in network.parameters()),
+        "grad_checkpointing": bool(getattr(network, "grad_checkpointing", False)),
         **memory,
         "peak_before_training_bytes": setup["peak"],
         "step_seconds": timed,
         "step_seconds_median": statistics.median(timed),
+        "step_cpu_seconds": timer.step_cpu_seconds[args.warmup :],
+        "step_cpu_seconds_median": statistics.median(timer.step_cpu_seconds[args.warmup :]),
         "data_seconds": timed_data,
         "data_seconds_median": statistics.median(timed_data),
         "warmup_step_seconds": timer.step_seconds[: args.warmup],
@@ -516,6 +552,8 @@ def add_ratios(results: dict[str, dict[str, Any]]) -> None:
     for result in (r for r in results.values() if r.get("ok")):
         result["peak_fraction_of_full"] = result["peak_bytes"] / full_peak if full_peak else None
         result["step_time_relative_to_full"] = result["step_seconds_median"] / full_step if full_step else None
+        full_cpu, cpu = full.get("step_cpu_seconds_median"), result.get("step_cpu_seconds_median")
+        result["step_cpu_time_relative_to_full"] = cpu / full_cpu if full_step and full_cpu and cpu else None
 
 
 def settings_of(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -532,7 +570,9 @@ def settings_of(args: argparse.Namespace, results: dict[str, dict[str, Any]]) ->
         "timed_steps": args.steps,
         "num_classes": args.num_classes,
         "shpeft_budget": args.budget,
-        "optimizer": f"AdamW(lr={LEARNING_RATE}, default weight_decay=0.01), float32, no AMP, no checkpointing",
+        "optimizer": f"AdamW(lr={LEARNING_RATE}, default weight_decay=0.01), float32, no AMP",
+        "grad_checkpointing": [m for m in results if m in CHECKPOINTED],
+        "repeats": args.repeats,
         "seed": args.seed,
         "device": first.get("device", args.device),
         **{key: first.get(key) for key in ("device_description", "torch_version", "torch_threads")},
@@ -589,13 +629,25 @@ def markdown_report(report: dict[str, Any]) -> str:
             "imports) of a fresh process per method, minus that process's resident size at the baseline (imports "
             "done, nothing built), measured by `monai_shpeft.memory.PeakMemoryMeter`."
         )
-        loads = [v for r in results.values() if r.get("ok") for v in r.get("load_average_1min", [])]
+        runs = [run for r in results.values() if r.get("ok") for run in r.get("repeats", [r]) if run.get("ok")]
+        loads = [v for run in runs for v in run.get("load_average_1min", [])]
         load = f"{min(loads):.1f} to {max(loads):.1f}" if loads else "unknown"
         time_note = (
             "Absolute CPU times are not meaningful for GPU training; compare the ratios only. The 1-minute load "
             f"average around the timed steps was {load} on {os.cpu_count()} logical cores (above the core count, "
             "other work was competing for the CPU and the times are noisy)."
         )
+        cpu_times = [
+            f"{LABELS[m]} {r['step_cpu_seconds_median']:.2f} s "
+            f"({_ratio(r.get('step_cpu_time_relative_to_full'), 2, 'x')})"
+            for m, r in results.items()
+            if r.get("ok") and r.get("step_cpu_seconds_median")
+        ]
+        if cpu_times:
+            time_note += (
+                " The process's CPU time per step (all its threads; less sensitive to other work than wall time), "
+                f"median, and its ratio to full fine-tuning's: {'; '.join(cpu_times)}."
+            )
     else:
         memory_note = (
             "Peak memory is `torch.cuda.max_memory_allocated` of a fresh process per method (the CUDA context and "
@@ -618,6 +670,23 @@ def markdown_report(report: dict[str, Any]) -> str:
                 else "."
             )
         )
+    shpeft_gc = results.get("shpeft_gc", {})
+    if shpeft_gc.get("ok"):
+        notes += (
+            " With gradient checkpointing, SH-PEFT's peak up to the end of the estimation was "
+            f"{shpeft_gc['peak_before_training_bytes'] / MB:,.1f} MB."
+        )
+    checkpointed = [LABELS[m] for m in results if m in CHECKPOINTED]
+    if checkpointed:
+        notes += (
+            f" The networks of {' and '.join(checkpointed)} are built with `grad_checkpointing=True` (the bundles' "
+            "knob): each transformer block keeps only its input for backward and runs its forward again there."
+        )
+    if settings.get("repeats", 1) > 1:
+        notes += (
+            f" Each method was measured {settings['repeats']} times, round robin, each time in a fresh process; the "
+            "peak and the step time are the medians over those repeats (each repeat's figures are in the JSON)."
+        )
     preload, fpt = results.get("fpt_preload", {}), results.get("fpt", {})
     if preload.get("ok"):
         notes += (
@@ -634,12 +703,14 @@ def markdown_report(report: dict[str, Any]) -> str:
             f"{fpt['losses'][0]:.5f} and FPT with preloading's {preload['losses'][0]:.5f} (equal up to the "
             f"{preload['cache_dtype']} storage of the features)."
         )
+    side = settings["side_image_size"]
+    side_note = f" (FPT side network {side}x{side})" if any(m.startswith("fpt") for m in results) else ""
     lines.append(
         f"Settings: backbone `{settings['backbone']}`"
         + (" (tiny test configuration)" if settings["tiny"] else "")
         + f", weights: {settings['weights']} (memory and time do not depend on weight or pixel values, so images "
-        f"are random tensors); {settings['image_size']}x{settings['image_size']} images (FPT side network "
-        f"{settings['side_image_size']}x{settings['side_image_size']}), {batch_note}, {settings['num_classes']} "
+        f"are random tensors); {settings['image_size']}x{settings['image_size']} images{side_note}, {batch_note}, "
+        f"{settings['num_classes']} "
         f"classes; {settings['optimizer']}; {settings['warmup_steps']} warm-up step(s) then "
         f"{settings['timed_steps']} timed step(s), every step on distinct images; training by MONAI's "
         f"`SupervisedTrainer` with the bundles' network, optimizer and handlers; device: "
@@ -670,7 +741,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ok = {m: bool(results[m].get("ok")) for m in methods}
     peaks = [results[m]["peak_bytes"] / MB if ok[m] else 0.0 for m in methods]
     times = [(results[m].get("step_time_relative_to_full") or 0.0) if ok[m] else 0.0 for m in methods]
-    palette = dict(zip(METHODS, ("#4c72b0", "#8c8c8c", "#55a868", "#dd8452", "#c44e52")))
+    palette = dict(zip(METHODS, ("#4c72b0", "#8c8c8c", "#55a868", "#dd8452", "#c44e52", "#8172b3", "#64b5cd")))
     colors, x, labels = [palette[m] for m in methods], list(range(len(methods))), [PLOT_LABELS[m] for m in methods]
     fig, (ax_mem, ax_time) = plt.subplots(1, 2, figsize=(12, 4.8))
     for bar, method in zip(ax_mem.bar(x, peaks, color=colors), methods):
@@ -678,7 +749,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
         text = "failed" if not ok[method] else f"{results[method]['peak_bytes'] / MB:,.0f} MB"
         text += f"\n{100 * fraction:.1f}% of full" if ok[method] and fraction is not None else ""
         ax_mem.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom")
-    if results.get("full", {}).get("ok"):
+    if results.get("full", {}).get("ok") and "fpt_preload" in results:  # the target is FPT's
         target = TARGET_FRACTION * results["full"]["peak_bytes"] / MB
         label = f"target: {100 * TARGET_FRACTION:.0f}% of full fine-tuning"
         ax_mem.axhline(target, color="black", linestyle="--", linewidth=1, label=label)
@@ -715,26 +786,28 @@ def _print_preparation(preparation: dict[str, Any]) -> None:
 def run_methods(
     workers: argparse.Namespace, methods: list[str], started: float
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None]:
-    """Measure each method in a worker process of its own, one after the other.
+    """Measure each method in a worker process of its own, one after the other, ``--repeats`` rounds.
 
-    The cache for ``fpt_preload`` is filled outside any measurement: by the ``fpt`` process once its own measurement
-    is printed, or (``fpt`` not run, or its fill missing) by a preliminary process of its own.
+    The cache for ``fpt_preload`` is filled once, outside any measurement: by the first ``fpt`` process once its own
+    measurement is printed, or (``fpt`` not run, or its fill missing) by a preliminary process of its own.
 
     Returns:
-        the results by method and the cache fill's report (``None`` when no method needed the cache).
+        the results by method (medians over the repeats, see :func:`combine_repeats`) and the cache fill's report
+        (``None`` when no method needed the cache).
     """
-    results: dict[str, dict[str, Any]] = {}
+    runs: dict[str, list[dict[str, Any]]] = {method: [] for method in methods}
     preparation: dict[str, Any] | None = None
     fill_in_fpt = "fpt" in methods and "fpt_preload" in methods
-    for index, method in enumerate(methods, 1):
-        tag = f"[{index}/{len(methods)}] {method}"
+    total = len(methods) * workers.repeats
+    for index, (repeat, method) in enumerate(((r, m) for r in range(workers.repeats) for m in methods), 1):
+        tag = f"[{index}/{total}] {method}" + (f" (repeat {repeat + 1})" if workers.repeats > 1 else "")
         if method == "fpt_preload" and preparation is None:
             print(f"[prep] filling the FPT feature cache in {workers.cache_dir} (not measured) ...", flush=True)
             out = run_worker(worker_command(workers, PREPARE_CACHE))
             preparation = _or_failure(out["preparation"], out, "cache report")
             _print_preparation(preparation)
         print(f"{tag}: started (elapsed {time.perf_counter() - started:.0f} s)", flush=True)
-        fill_after = method == "fpt" and fill_in_fpt
+        fill_after = method == "fpt" and fill_in_fpt and preparation is None
         if method == "fpt_preload" and not preparation.get("ok"):
             error = f"the feature cache could not be filled: {preparation['error']}"
             result = {"ok": False, "error": error, "stderr_tail": preparation.get("stderr_tail", "")}
@@ -745,7 +818,7 @@ def run_methods(
                 preparation = out["preparation"]
             elif fill_after and out["measurement"] is not None and out["failure"] is not None:
                 preparation = {**out["failure"], "error": "filling the cache after the fpt measurement failed"}
-        results[method] = result
+        runs[method].append(result)
         if result.get("ok"):
             print(
                 f"{tag}: done in {result['process_seconds']:.1f} s"
@@ -756,9 +829,37 @@ def run_methods(
             )
         else:
             print(f"{tag}: FAILED: {result['error']}\n{result['stderr_tail']}", flush=True)
-        if method == "fpt" and preparation is not None:
+        if fill_after and preparation is not None:
             _print_preparation(preparation)
-    return results, preparation
+    return {method: combine_repeats(results) for method, results in runs.items()}, preparation
+
+
+#: what each repeat keeps in a combined record
+REPEAT_KEYS = ("ok", "peak_bytes", "peak_before_training_bytes", "step_seconds", "step_seconds_median")
+REPEAT_KEYS += ("step_cpu_seconds_median", "data_seconds_median", "estimation_seconds", "load_average_1min")
+REPEAT_KEYS += ("losses", "error")
+#: the figures a combined record gives as medians over its repeats
+MEDIAN_KEYS = ("peak_bytes", "peak_before_training_bytes", "step_seconds_median", "step_cpu_seconds_median")
+MEDIAN_KEYS += ("data_seconds_median", "estimation_seconds")
+
+
+def combine_repeats(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One method's record from its repeats: the first successful one, with medians over the successful ones.
+
+    The figures of :data:`MEDIAN_KEYS` become the medians over the successful repeats; ``repeats`` keeps each
+    repeat's figures. A single measurement is returned as it is; a method whose every repeat failed is its first
+    failure.
+    """
+    succeeded = [r for r in results if r.get("ok")]
+    if len(results) == 1 or not succeeded:
+        return results[0]
+    combined = dict(succeeded[0])
+    for key in MEDIAN_KEYS:
+        if all(key in r for r in succeeded):
+            combined[key] = statistics.median(r[key] for r in succeeded)
+    combined["repeats"] = [{key: r[key] for key in REPEAT_KEYS if key in r} for r in results]
+    combined["failed_repeats"] = len(results) - len(succeeded)
+    return combined
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -767,8 +868,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.worker is not None:
         return worker_main(args)
-    if args.steps < 1 or args.warmup < 0:
-        raise SystemExit("--steps must be >= 1 and --warmup >= 0.")
+    if args.steps < 1 or args.warmup < 0 or args.repeats < 1:
+        raise SystemExit("--steps and --repeats must be >= 1 and --warmup >= 0.")
 
     started = time.perf_counter()
     output_dir = Path(args.output_dir)

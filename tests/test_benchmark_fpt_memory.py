@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 from monai_shpeft.backbones import TINY_WIDTH
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "fpt_memory.py"
 BACKBONE = "timm:vit_base_patch16_224"
-METHODS = ("full", "linear", "shpeft", "fpt", "fpt_preload")
+METHODS = ("full", "linear", "shpeft", "fpt", "fpt_preload", "shpeft_gc")
 
 
 def test_fpt_memory_benchmark_tiny(tmp_path: Path) -> None:
@@ -42,6 +44,8 @@ def test_fpt_memory_benchmark_tiny(tmp_path: Path) -> None:
         str(tmp_path),
         "--name",
         "bench",
+        "--methods",
+        *METHODS,
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -75,6 +79,13 @@ def test_fpt_memory_benchmark_tiny(tmp_path: Path) -> None:
     assert shpeft["trainable_params"] == shpeft["selected_backbone_weights"] + head
     for method in ("fpt", "fpt_preload"):
         assert 0 < results[method]["trainable_params"] < results[method]["total_params"], method
+    # SH-PEFT with gradient checkpointing: the same set and the same first loss, the blocks recomputed in backward
+    checkpointed = results["shpeft_gc"]
+    assert checkpointed["grad_checkpointing"] and not shpeft["grad_checkpointing"]
+    assert checkpointed["selected_backbone_weights"] == shpeft["selected_backbone_weights"]
+    assert abs(checkpointed["losses"][0] - shpeft["losses"][0]) < 1e-6
+    assert checkpointed["step_cpu_seconds_median"] > 0 and checkpointed["step_cpu_time_relative_to_full"] > 0
+    assert report["settings"]["grad_checkpointing"] == ["shpeft_gc"]
     assert results["fpt"]["trainable_params"] == results["fpt_preload"]["trainable_params"]
     assert results["fpt_preload"]["feature_shape"] == results["fpt"]["feature_shape"]
     # same images, same initial weights: the cached (float16) features give FPT's first loss
@@ -92,3 +103,29 @@ def test_fpt_memory_benchmark_tiny(tmp_path: Path) -> None:
     assert "| Method |" in markdown and "FPT + preloading" in markdown and "Full fine-tuning" in markdown
     assert (tmp_path / "bench.png").stat().st_size > 0
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _script() -> ModuleType:
+    """The benchmark script as a module (its parent part imports no torch)."""
+    spec = importlib.util.spec_from_file_location("fpt_memory", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_repeats_combine_into_medians_and_keep_each_measurement() -> None:
+    script = _script()
+    runs = [
+        {"ok": True, "peak_bytes": peak, "peak_before_training_bytes": peak // 2, "step_seconds_median": step,
+         "data_seconds_median": 0.1, "step_seconds": [step], "losses": [1.0], "method": "full"}
+        for peak, step in ((300, 2.0), (100, 3.0), (200, 1.0))
+    ]  # fmt: skip
+    combined = script.combine_repeats([*runs, {"ok": False, "error": "killed"}])
+    assert (combined["peak_bytes"], combined["step_seconds_median"]) == (200, 2.0)
+    assert combined["peak_before_training_bytes"] == 100 and combined["method"] == "full"
+    assert [r["peak_bytes"] for r in combined["repeats"][:3]] == [300, 100, 200]
+    assert combined["repeats"][3] == {"ok": False, "error": "killed"} and combined["failed_repeats"] == 1
+    assert script.combine_repeats(runs[:1]) is runs[0]
+    failed = {"ok": False, "error": "boom"}
+    assert script.combine_repeats([failed, failed]) is failed

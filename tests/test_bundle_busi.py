@@ -139,10 +139,13 @@ def test_evaluate_reports_f1_accuracy_auc_on_the_test_split(trained: Path) -> No
     assert abs(report["overall"]["macro_f1"]["value"] - metrics["test_f1"]) < 1e-6
     assert all((eval_dir / name).stat().st_size > 0 for name in REPORT_FIGURES)
     # the probabilities are the temperature-scaled ones; the report says by how much and what it did to ECE
+    # (the default, auto: applied when it lowered the validation ECE); what it does is in the report either way
     scaling = report["temperature_scaling"]
-    fitted = json.loads((trained / BUNDLE / "models" / "temperature.json").read_text())["temperature"]
-    assert scaling["applied"] and scaling["temperature"] == pytest.approx(fitted)
-    assert scaling["ece"]["after"] == pytest.approx(report["overall"]["ece"]["value"])
+    fitted = json.loads((trained / BUNDLE / "models" / "temperature.json").read_text())
+    assert scaling["applied"] == fitted["lowers_validation_ece"]
+    assert scaling["temperature"] == pytest.approx(fitted["temperature"])
+    used = "after" if scaling["applied"] else "before"
+    assert scaling["ece"][used] == pytest.approx(report["overall"]["ece"]["value"])
 
 
 def test_a_positive_class_gives_operating_points_and_an_unknown_one_is_named(trained: Path) -> None:
@@ -178,16 +181,19 @@ def test_inference_writes_one_prediction_per_image(trained: Path) -> None:
         assert abs(sum(probabilities) - 1.0) < 1e-4
         assert row["predicted_class"] == ("benign", "malignant", "normal")[probabilities.index(max(probabilities))]
 
-    # without temperature scaling: the network's own probabilities, the same classes
-    args = ["--input_dir", "busi/normal", "--predictions_file", "unscaled.csv", "--temperature_scaling", "false"]
+    # with and without temperature scaling: other probabilities, the same classes
+    args = ["--input_dir", "busi/normal", "--predictions_file", "scaled.csv", "--temperature_scaling", "true"]
     run_command(
         monai_bundle("run", "--config_file", f"{BUNDLE}/configs/inference.json", *args, *TINY_BUNDLE_ARGS), cwd=trained
     )
-    unscaled = {row["image"]: row for row in csv.DictReader((trained / "unscaled.csv").open())}
+    scaled = {row["image"]: row for row in csv.DictReader((trained / "scaled.csv").open())}
     assert {row["image"]: row["predicted_class"] for row in rows} == {
-        image: row["predicted_class"] for image, row in unscaled.items()
+        image: row["predicted_class"] for image, row in scaled.items()
     }
-    assert any(row["p_normal"] != unscaled[row["image"]]["p_normal"] for row in rows)
+    # the default (auto) applied the fitted temperature exactly when it lowered the validation ECE
+    applied = json.loads((trained / BUNDLE / "models" / "temperature.json").read_text())["lowers_validation_ece"]
+    same = all(row["p_normal"] == scaled[row["image"]]["p_normal"] for row in rows)
+    assert same == applied
 
 
 def test_inference_with_saliency_writes_an_overlay_per_image_and_a_bad_value_is_named(trained: Path) -> None:

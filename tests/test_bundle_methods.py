@@ -54,9 +54,12 @@ def test_a_baseline_trains_and_its_checkpoint_evaluates_through_the_bundle(
     method: str, data_root: Path, tmp_path: Path
 ) -> None:
     work = copy_bundles(tmp_path)
-    log = _run(work, TRAIN, data_root, "--method", method, "--max_epochs", "1")
+    # one method trains with gradient checkpointing; its evaluation builds without it and loads the checkpoint strictly
+    checkpointing = ["--grad_checkpointing", "true"] if method == "vpt_deep" else []
+    log = _run(work, TRAIN, data_root, "--method", method, "--max_epochs", "1", *checkpointing)
     reported = COUNT.search(log)
     assert reported and reported.group(1) == method, log[-2000:]
+    assert ("Gradient checkpointing on: the backbone's blocks" in log) == bool(checkpointing)
     # the same method on an identically configured model gives the count the bundle reported
     model = prepare_network(build_classifier("timm:vit_small_patch14_dinov2", 3, image_size=28, tiny=True), method)
     count = count_trainable(model)

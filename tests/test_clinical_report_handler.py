@@ -112,3 +112,27 @@ def test_with_a_temperature_the_report_gives_calibration_before_and_after_scalin
     assert scaling["brier"]["before"] == pytest.approx(brier_score(labels, own), abs=1e-5)
     assert report["overall"]["ece"]["value"] == pytest.approx(scaling["ece"]["after"], abs=1e-9)
     assert scaling["ece"]["before"] != pytest.approx(scaling["ece"]["after"])
+
+
+def test_a_fitted_temperature_not_applied_is_reported_with_what_it_would_give(tmp_path: Path) -> None:
+    from monai_shpeft.clinical import expected_calibration_error
+
+    torch.manual_seed(0)
+    network = build_classifier(TINY_TIMM, 3, image_size=28, tiny=True).eval()
+    loader = image_label_loader(num_samples=24, seed=4)
+    evaluator = SupervisedEvaluator(
+        device=torch.device("cpu"), val_data_loader=loader, network=network, decollate=False
+    )
+    handler = ClinicalReportHandler(tmp_path / "eval", NAMES, num_resamples=0, fitted_temperature=2.5)
+    handler.attach(evaluator)
+    evaluator.run()
+
+    scaling = json.loads((tmp_path / "eval" / "report.json").read_text())["temperature_scaling"]
+    with torch.no_grad():
+        batches = list(loader)
+        logits = torch.cat([network(b["image"]) for b in batches]).double()
+        labels = torch.cat([torch.as_tensor(b["label"]).reshape(-1) for b in batches]).numpy()
+    assert not scaling["applied"] and scaling["temperature"] == 2.5
+    own, scaled = torch.softmax(logits, 1).numpy(), torch.softmax(logits / 2.5, 1).numpy()
+    assert scaling["ece"]["before"] == pytest.approx(expected_calibration_error(labels, own), abs=1e-5)
+    assert scaling["ece"]["after"] == pytest.approx(expected_calibration_error(labels, scaled), abs=1e-5)

@@ -13,14 +13,16 @@ from monai_shpeft.amp import AutocastInferer
 from monai_shpeft.clinical import (
     expected_calibration_error,
     fit_temperature,
+    fitted_temperature,
     load_temperature,
     rescale_probabilities,
     save_temperature,
     softmax,
+    temperature_mode,
     temperature_record,
 )
 from monai_shpeft.clinical.temperature import negative_log_likelihood
-from monai_shpeft.errors import InputError
+from monai_shpeft.errors import InputError, SettingsError
 
 
 def sampled_cases(temperature: float, num_cases: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -66,10 +68,33 @@ def test_rescaling_calibrated_probabilities_gives_back_the_networks_own() -> Non
 def test_the_record_reads_back_and_missing_or_disabled_means_no_scaling(tmp_path: Path) -> None:
     logits, labels = sampled_cases(2.0, 300)
     path = save_temperature(tmp_path / "models" / "temperature.json", temperature_record(logits, labels, 1.9))
-    assert load_temperature(path) == 1.9
-    assert load_temperature(path, enabled=False) == 1.0
-    assert load_temperature(tmp_path / "missing.json") == 1.0
-    assert json.loads(path.read_text())["format"] == "monai_shpeft.temperature"
+    record = json.loads(path.read_text())
+    assert record["format"] == "monai_shpeft.temperature" and isinstance(record["lowers_validation_ece"], bool)
+    assert load_temperature(path, "true") == 1.9 and fitted_temperature(path) == 1.9
+    assert load_temperature(path, False) == 1.0 and load_temperature(path, "false") == 1.0
+    assert load_temperature(tmp_path / "missing.json") == 1.0 and fitted_temperature(tmp_path / "missing.json") is None
+
+
+def test_auto_applies_the_temperature_only_when_it_lowered_the_validation_ece(tmp_path: Path) -> None:
+    overconfident = temperature_record(*sampled_cases(3.0, 2000, seed=1), 2.9)  # scaling helps
+    calibrated = temperature_record(*sampled_cases(1.0, 2000, seed=1), 2.9)  # scaling a calibrated model hurts
+    assert overconfident["lowers_validation_ece"] and not calibrated["lowers_validation_ece"]
+    helps = save_temperature(tmp_path / "helps.json", overconfident)
+    hurts = save_temperature(tmp_path / "hurts.json", calibrated)
+    assert load_temperature(helps) == load_temperature(helps, "auto") == 2.9
+    assert (
+        load_temperature(hurts) == 1.0 and load_temperature(hurts, "true") == 2.9 and fitted_temperature(hurts) == 2.9
+    )
+
+
+@pytest.mark.parametrize("value, mode", [("auto", "auto"), (True, "true"), ("false", "false"), ("off", "false")])
+def test_the_knob_reads_auto_true_false(value: object, mode: str) -> None:
+    assert temperature_mode(value) == mode  # type: ignore[arg-type]
+
+
+def test_a_bad_knob_value_is_named() -> None:
+    with pytest.raises(SettingsError, match="temperature_scaling 'sometimes' is not one of: auto, true, false"):
+        temperature_mode("sometimes")
 
 
 @pytest.mark.parametrize(

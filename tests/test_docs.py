@@ -283,6 +283,7 @@ class Option:
     takes_value: bool = True
     choices: tuple | None = None
     required: bool = False
+    many: bool = False  # nargs '+' or '*': every following word up to the next option is a value
 
 
 @dataclass
@@ -358,6 +359,7 @@ def _read_parsers(function: ast.AST) -> list[Parser]:
                     takes_value=action not in FLAG_ACTIONS,
                     choices=tuple(c) if isinstance(c := _constant(kwargs.get("choices")), (list, tuple)) else None,
                     required=bool(_constant(kwargs.get("required"))),
+                    many=_constant(kwargs.get("nargs")) in {"+", "*"},
                 )
                 if strings and all(isinstance(s, str) and s.startswith("-") for s in strings):
                     for string in strings:
@@ -585,8 +587,13 @@ def check_argparse(cli: Cli, command: Command | Script, label: str) -> list[str]
                 index += 1
                 if value is None:
                     problems.append(f"{command}: {name} needs a value")
-            if option.choices and value is not None and value not in option.choices:
-                problems.append(f"{command}: {name} {value}: not one of {option.choices}")
+            values = [value]
+            while option.many and not equals and index + 1 < len(argv) and not argv[index + 1].startswith("-"):
+                index += 1
+                values.append(argv[index])
+            for value in values:
+                if option.choices and value is not None and value not in option.choices:
+                    problems.append(f"{command}: {name} {value}: not one of {option.choices}")
             given[name] = value
         else:
             positionals.append(word)

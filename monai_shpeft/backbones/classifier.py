@@ -14,6 +14,7 @@ from monai_shpeft.backbones.names import OPEN_CLIP_PREFIX, _parse_backbone, chec
 from monai_shpeft.backbones.open_clip_models import _build_open_clip
 from monai_shpeft.backbones.timm_models import _build_timm
 from monai_shpeft.backbones.weights import _classify_pretrained, load_backbone_weights
+from monai_shpeft.errors import SettingsError
 
 __all__ = ["BackboneClassifier", "build_classifier", "backbone_parameter_names", "parameter_groups"]
 
@@ -32,6 +33,9 @@ class BackboneClassifier(nn.Module):
         logit_scale: the head's fixed logit scale (see :class:`L2NormLinearHead`).
     """
 
+    # TorchScript compiles properties unless told otherwise; ckpt_export scripts the network
+    __jit_unused_properties__ = ["grad_checkpointing"]
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -48,6 +52,50 @@ class BackboneClassifier(nn.Module):
         self.feature_dim = feature_dim
         self.image_size = image_size
         self.num_classes = num_classes
+
+    @property
+    def grad_checkpointing(self) -> bool:
+        """Whether the backbone's blocks recompute their activations in backward (:meth:`set_grad_checkpointing`)."""
+        return bool(getattr(self._checkpointing_owner(), "grad_checkpointing", False))
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Turn the library's own gradient checkpointing of the backbone's blocks on or off.
+
+        Each block then keeps only its input for backward and runs its forward again there: less memory for about
+        one more forward pass. timm checkpoints ``blocks`` in ``forward_features`` (``checkpoint_seq``), open_clip
+        every block of its ``transformer``; both call the block modules, so blocks a method wrapped (VPT's prompts)
+        or modified (LoRA, SSF, LN tuning) are checkpointed as they are. Both use non-reentrant checkpointing, which
+        recomputes under the forward's autocast state and random-number state, and gives gradients to weights
+        inside a block even when the block's input needs none (prompts, LoRA factors behind a frozen patch
+        embedding). Only a flag changes: the state dict is the same with and without.
+
+        Args:
+            enable: on or off.
+
+        Raises:
+            SettingsError: when the backbone offers no gradient checkpointing, or timm is set to reentrant
+                checkpointing (``TIMM_REENTRANT_CKPT``), which would leave such weights without gradient.
+        """
+        setter = getattr(self.backbone, "set_grad_checkpointing", None)
+        if not callable(setter):
+            raise SettingsError(
+                f"grad_checkpointing: the backbone {self.backbone_name} offers no gradient checkpointing."
+            )
+        if enable and not self.backbone_name.startswith(f"{OPEN_CLIP_PREFIX}:"):  # open_clip is always non-reentrant
+            from timm.layers import use_reentrant_ckpt
+
+            if use_reentrant_ckpt():
+                raise SettingsError(
+                    "grad_checkpointing: timm is set to reentrant checkpointing (TIMM_REENTRANT_CKPT), which gives no "
+                    "gradient to trained weights inside a block whose input needs none; unset TIMM_REENTRANT_CKPT."
+                )
+        setter(bool(enable))
+
+    def _checkpointing_owner(self) -> nn.Module:
+        """The module holding the library's ``grad_checkpointing`` flag (open_clip: the tower's ``transformer``)."""
+        if self.backbone_name.startswith(f"{OPEN_CLIP_PREFIX}:"):
+            return cast(nn.Module, self.backbone.transformer)
+        return self.backbone
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features.

@@ -28,11 +28,14 @@ from monai_shpeft.clinical.saliency_targets import (
     scale_maps,
 )
 from monai_shpeft.clinical.temperature import (
+    TEMPERATURE_MODES,
     fit_temperature,
+    fitted_temperature,
     load_temperature,
     rescale_probabilities,
     save_temperature,
     softmax,
+    temperature_mode,
     temperature_record,
 )
 
@@ -44,7 +47,9 @@ __all__ = [
     "brier_score",
     "classification_report",
     "expected_calibration_error",
+    "TEMPERATURE_MODES",
     "fit_temperature",
+    "fitted_temperature",
     "load_temperature",
     "flatten_figures",
     "operating_points",
@@ -65,5 +70,6 @@ __all__ = [
     "rescale_probabilities",
     "save_temperature",
     "softmax",
+    "temperature_mode",
     "temperature_record",
 ]

@@ -16,21 +16,27 @@ from typing import Any
 import numpy as np
 
 from monai_shpeft.clinical.calibration import brier_score, expected_calibration_error
-from monai_shpeft.errors import InputError
+from monai_shpeft.errors import InputError, SettingsError
 from monai_shpeft.utils import atomic_write_json
 
 __all__ = [
     "TEMPERATURE_FORMAT",
+    "TEMPERATURE_MODES",
     "fit_temperature",
+    "fitted_temperature",
     "load_temperature",
     "negative_log_likelihood",
     "rescale_probabilities",
     "save_temperature",
     "softmax",
+    "temperature_mode",
     "temperature_record",
 ]
 
 TEMPERATURE_FORMAT = "monai_shpeft.temperature"
+#: values of the bundles' ``temperature_scaling`` knob: ``auto`` applies the fitted temperature only when it lowered
+#: the validation ECE, ``true`` always, ``false`` never (and training fits nothing)
+TEMPERATURE_MODES = ("auto", "true", "false")
 #: the search range of the temperature; beyond it the validation split says too little to trust the fit
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 
@@ -122,6 +128,11 @@ def temperature_record(logits: np.ndarray, labels: np.ndarray, temperature: floa
             "after": expected_calibration_error(labels, after),
         },
         "brier": {"before": brier_score(labels, before), "after": brier_score(labels, after)},
+        # what the default mode ("auto") reads: a temperature that minimises the validation NLL can still make the
+        # top-class confidences less calibrated (a few confident errors against many under-confident cases)
+        "lowers_validation_ece": bool(
+            expected_calibration_error(labels, after) < expected_calibration_error(labels, before)
+        ),
     }
 
 
@@ -133,26 +144,25 @@ def save_temperature(path: str | os.PathLike, record: dict[str, Any]) -> Path:
     return path
 
 
-def load_temperature(path: str | os.PathLike | None, enabled: bool = True) -> float:
-    """The temperature evaluation and inference apply: the fitted one, or 1 (the network's own probabilities).
-
-    Args:
-        path: ``models/temperature.json`` of the trained model.
-        enabled: ``False`` turns scaling off (the ``temperature_scaling`` knob).
-
-    Returns:
-        the temperature; 1.0 when off or when the model has none (trained before scaling existed, or with it off),
-        which the log says.
+def temperature_mode(value: str | bool | None) -> str:
+    """The ``temperature_scaling`` knob as one of :data:`TEMPERATURE_MODES` (booleans and their spellings accepted).
 
     Raises:
-        InputError: when the file exists but is not a temperature record (the message names the file).
+        SettingsError: for another value (the message names the knob and lists the valid values).
     """
-    if not enabled or path is None:
-        return 1.0
-    path = Path(path)
-    if not path.is_file():
-        logger.info("No %s: probabilities are the network's own (no temperature scaling).", path)
-        return 1.0
+    text = str(value).strip().lower() if value is not None else "auto"
+    text = {"1": "true", "yes": "true", "on": "true", "0": "false", "no": "false", "off": "false", "": "auto"}.get(
+        text, text
+    )
+    if text not in TEMPERATURE_MODES:
+        raise SettingsError(
+            f"temperature_scaling {value!r} is not one of: {', '.join(TEMPERATURE_MODES)} (auto: applied only when "
+            "it lowered the validation ECE)."
+        )
+    return text
+
+
+def _read_record(path: Path) -> dict[str, Any]:
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
         if record.get("format") != TEMPERATURE_FORMAT:
@@ -162,5 +172,50 @@ def load_temperature(path: str | os.PathLike | None, enabled: bool = True) -> fl
             raise ValueError(f"temperature {temperature} is not a positive number")
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise InputError(f"{path} is not a temperature-scaling record: {error}.") from error
+    return record
+
+
+def fitted_temperature(path: str | os.PathLike | None) -> float | None:
+    """The temperature training fitted (``models/temperature.json``), applied or not; ``None`` without a record."""
+    if path is None or not Path(path).is_file():
+        return None
+    return float(_read_record(Path(path))["temperature"])
+
+
+def load_temperature(path: str | os.PathLike | None, mode: str | bool = "auto") -> float:
+    """The temperature evaluation and inference apply: the fitted one, or 1 (the network's own probabilities).
+
+    Args:
+        path: ``models/temperature.json`` of the trained model.
+        mode: the ``temperature_scaling`` knob: ``auto`` (the fitted temperature when it lowered the validation ECE),
+            ``true`` (always) or ``false`` (never).
+
+    Returns:
+        the temperature; 1.0 when off, declined by ``auto``, or when the model has none (trained before scaling
+        existed, or with it off), which the log says.
+
+    Raises:
+        InputError: when the file exists but is not a temperature record (the message names the file).
+        SettingsError: for a bad ``mode``.
+    """
+    mode = temperature_mode(mode)
+    if mode == "false" or path is None:
+        return 1.0
+    path = Path(path)
+    if not path.is_file():
+        logger.info("No %s: probabilities are the network's own (no temperature scaling).", path)
+        return 1.0
+    record = _read_record(path)
+    temperature = float(record["temperature"])
+    if mode == "auto" and not record.get("lowers_validation_ece", True):
+        logger.info(
+            "Temperature scaling not applied: T = %.3f did not lower the validation ECE (%.3f -> %.3f); "
+            "--temperature_scaling true applies it anyway (%s).",
+            temperature,
+            record["ece"]["before"],
+            record["ece"]["after"],
+            path,
+        )
+        return 1.0
     logger.info("Temperature scaling: logits divided by %.3f (fitted on validation, %s).", temperature, path)
     return temperature

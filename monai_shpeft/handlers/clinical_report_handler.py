@@ -56,9 +56,11 @@ class ClinicalReportHandler:
         specificities: the fixed specificities.
         target_sensitivity: the sensitivity the validation threshold must reach.
         validation_loader: the validation split, run through the evaluator's network for the threshold.
-        temperature: the temperature the evaluator's inferer divides the logits by (fitted on validation by
-            :class:`~monai_shpeft.handlers.TemperatureScalingHandler`); the report then shows ECE and Brier score
-            before scaling (the network's own probabilities) and after (those reported everywhere else).
+        temperature: the temperature the evaluator's inferer divides the logits by (1: none applied).
+        fitted_temperature: the temperature training fitted on validation
+            (:class:`~monai_shpeft.handlers.TemperatureScalingHandler`), applied or not; the report shows the test
+            ECE and Brier score of the network's own probabilities (``before``) and scaled by it (``after``).
+            ``None``: the applied one.
 
     Raises:
         SettingsError: when ``positive_class`` is not one of ``classes`` (the message lists them).
@@ -75,6 +77,7 @@ class ClinicalReportHandler:
         target_sensitivity: float = 0.95,
         validation_loader: Iterable | None = None,
         temperature: float = 1.0,
+        fitted_temperature: float | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.classes = list(classes)
@@ -92,6 +95,7 @@ class ClinicalReportHandler:
         self.target_sensitivity = float(target_sensitivity)
         self.validation_loader = validation_loader
         self.temperature = float(temperature)
+        self.fitted_temperature = float(fitted_temperature) if fitted_temperature is not None else self.temperature
         self.report: dict | None = None
         self.logger = logging.getLogger(__name__)
         self._outputs = EvaluatorOutputs()
@@ -144,16 +148,20 @@ class ClinicalReportHandler:
         )
 
     def _calibration_before_and_after(self, labels: np.ndarray, probabilities: np.ndarray) -> dict:
-        """The temperature and the test ECE and Brier score without it (the network's own) and with it."""
+        """The fitted temperature, whether it was applied, and the test ECE and Brier score without and with it."""
         own = rescale_probabilities(probabilities, self.temperature) if self.temperature != 1.0 else probabilities
+        if self.fitted_temperature == self.temperature:
+            scaled = probabilities  # the evaluated probabilities are the scaled ones
+        else:
+            scaled = rescale_probabilities(own, 1.0 / self.fitted_temperature)
         return {
-            "temperature": self.temperature,
+            "temperature": self.fitted_temperature,
             "applied": self.temperature != 1.0,
             "ece": {
                 "before": expected_calibration_error(labels, own),
-                "after": expected_calibration_error(labels, probabilities),
+                "after": expected_calibration_error(labels, scaled),
             },
-            "brier": {"before": brier_score(labels, own), "after": brier_score(labels, probabilities)},
+            "brier": {"before": brier_score(labels, own), "after": brier_score(labels, scaled)},
         }
 
     def _validation_outputs(self, engine: SupervisedEvaluator) -> tuple[np.ndarray, np.ndarray]:

@@ -9,6 +9,7 @@ between the classifier methods and FPT lives here, tested, rather than in config
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -18,10 +19,12 @@ import torch.nn as nn
 
 from monai_shpeft.backbones import build_classifier, parameter_groups
 from monai_shpeft.methods import check_method, check_optimizer, prepare_network, resolve_learning_rates
-from monai_shpeft.networks import build_fpt
+from monai_shpeft.networks import FPTNetwork, build_fpt
 from monai_shpeft.utils import as_flag
 
 __all__ = ["build_network", "build_optimizer"]
+
+logger = logging.getLogger(__name__)
 
 
 def build_network(
@@ -39,6 +42,7 @@ def build_network(
     fpt_reduction: int = 8,
     fpt_prompts: int = 16,
     fpt_token_ratio: float = 0.2,
+    grad_checkpointing: bool | str = False,
 ) -> nn.Module:
     """The network of ``method``: an FPT network, or the backbone classifier adapted for a classifier method.
 
@@ -57,16 +61,22 @@ def build_network(
         fpt_reduction: FPT's side width reduction.
         fpt_prompts: FPT's fine-grained prompts per layer.
         fpt_token_ratio: FPT's share of important tokens.
+        grad_checkpointing: recompute the trained blocks' activations in backward instead of keeping them: the
+            backbone's blocks for a classifier method, the side network's layers for FPT (the command line's
+            ``"true"`` is read too). The state dict is the same either way, so evaluation and inference build
+            without it.
 
     Returns:
         the network, with only what the method trains left trainable.
 
     Raises:
-        SettingsError: for an unknown method.
+        SettingsError: for an unknown method, or a ``grad_checkpointing`` that is not a flag.
     """
     tiny = as_flag(tiny, "tiny_backbone")
+    checkpointing = as_flag(grad_checkpointing, "grad_checkpointing")
+    network: nn.Module
     if check_method(method) == "fpt":
-        return build_fpt(
+        network = build_fpt(
             backbone,
             num_classes,
             pretrained=pretrained,
@@ -77,10 +87,23 @@ def build_network(
             token_ratio=fpt_token_ratio,
             tiny=tiny,
         )
-    classifier = build_classifier(
-        backbone, num_classes, pretrained=pretrained, image_size=image_size, tiny=tiny, logit_scale=logit_scale
-    )
-    return prepare_network(classifier, method, method_options, structure_file)
+    else:
+        classifier = build_classifier(
+            backbone, num_classes, pretrained=pretrained, image_size=image_size, tiny=tiny, logit_scale=logit_scale
+        )
+        if checkpointing:
+            # the flag is on the tower, whose forward calls the blocks: modules a method inserts later (SPT-LoRA's,
+            # when training starts) are inside the checkpointed blocks too
+            classifier.set_grad_checkpointing(True)
+        network = prepare_network(classifier, method, method_options, structure_file)
+    if checkpointing:
+        if isinstance(network, FPTNetwork):
+            network.set_grad_checkpointing(True)
+        logger.info(
+            "Gradient checkpointing on: %s recompute their activations in backward.",
+            "the side network's layers" if isinstance(network, FPTNetwork) else "the backbone's blocks",
+        )
+    return network
 
 
 def build_optimizer(

@@ -17,6 +17,7 @@ from typing import Any, cast
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from monai_shpeft.networks.frozen_features import FrozenFeatureExtractor
 from monai_shpeft.networks.fusion import FineGrainedFusion
@@ -87,11 +88,25 @@ class FPTNetwork(nn.Module):
         )
         self.head = nn.Linear(side_width, num_classes)
         self.num_prompts = num_prompts
+        self.grad_checkpointing = False
 
     @property
     def side_image_size(self) -> int:
         """Input size of the side network."""
         return self.side.image_size
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Checkpoint the side network's layers: each keeps only its input tokens and runs again in backward.
+
+        A layer here is the fusion of that layer's frozen features into its prompts plus the side block, so neither
+        the fusion's nor the block's activations are kept. The frozen branch is not concerned: it runs without
+        gradient anyway. Non-reentrant checkpointing recomputes under the forward's autocast and random-number
+        state; only a flag changes, so the state dict is the same with and without.
+
+        Args:
+            enable: on or off.
+        """
+        self.grad_checkpointing = bool(enable)
 
     def frozen_features(self, image: torch.Tensor) -> torch.Tensor:
         """Run the frozen branch: ``[B, L, 2, n, D]`` key/value features of the important tokens."""
@@ -130,11 +145,20 @@ class FPTNetwork(nn.Module):
                     image, size=(self.side_image_size,) * 2, mode="bilinear", align_corners=False, antialias=True
                 )
         tokens = self.side.embed(image_lr)
-        length = tokens.shape[1]
-        for layer, block in enumerate(self.side.blocks):
-            prompts = self.fusion(features[:, layer].to(self.head.weight.dtype), layer)
-            tokens = block(torch.cat([tokens, prompts], dim=1))[:, :length]
+        recompute = self.grad_checkpointing and torch.is_grad_enabled()
+        for layer in range(len(self.side.blocks)):
+            if recompute:
+                tokens = checkpoint(self._side_layer, tokens, features[:, layer], layer, use_reentrant=False)
+            else:
+                tokens = self._side_layer(tokens, features[:, layer], layer)
         return self.head(self.side.norm(tokens)[:, 0])
+
+    def _side_layer(self, tokens: torch.Tensor, features: torch.Tensor, layer: int) -> torch.Tensor:
+        """Side layer ``layer``: its prompts from the frozen ``[B, 2, n, D]`` features, appended for the block only."""
+        # the cached features are cast from their storage dtype one layer at a time
+        prompts = self.fusion(features.to(self.head.weight.dtype), layer)
+        block = self.side.blocks[layer]
+        return block(torch.cat([tokens, prompts], dim=1))[:, : tokens.shape[1]]
 
 
 def build_fpt(
