@@ -91,6 +91,8 @@ def summary(folds: list[dict[str, Any]]) -> dict[str, Any]:
         return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
 
     out: dict[str, Any] = {"temperature": stat([f["temperature"] for f in folds])}
+    for when in ("before", "after"):  # the NLL the temperature minimised, in-sample
+        out[f"validation_nll_{when}"] = stat([f["validation"]["nll"][when] for f in folds])
     for part in ("validation", "test"):
         for figure in ("ece", "brier"):
             for when in ("before", "after"):

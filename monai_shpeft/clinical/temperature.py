@@ -113,6 +113,7 @@ def rescale_probabilities(probabilities: np.ndarray, temperature: float) -> np.n
 def temperature_record(logits: np.ndarray, labels: np.ndarray, temperature: float) -> dict[str, Any]:
     """What the fit did on the cases it saw: negative log-likelihood, ECE and Brier score before and after."""
     before, after = softmax(logits), softmax(logits, temperature)
+    ece = {"before": expected_calibration_error(labels, before), "after": expected_calibration_error(labels, after)}
     return {
         "format": TEMPERATURE_FORMAT,
         "version": 1,
@@ -123,16 +124,11 @@ def temperature_record(logits: np.ndarray, labels: np.ndarray, temperature: floa
             "before": negative_log_likelihood(logits, labels),
             "after": negative_log_likelihood(logits, labels, temperature),
         },
-        "ece": {
-            "before": expected_calibration_error(labels, before),
-            "after": expected_calibration_error(labels, after),
-        },
+        "ece": ece,
         "brier": {"before": brier_score(labels, before), "after": brier_score(labels, after)},
         # what the default mode ("auto") reads: a temperature that minimises the validation NLL can still make the
         # top-class confidences less calibrated (a few confident errors against many under-confident cases)
-        "lowers_validation_ece": bool(
-            expected_calibration_error(labels, after) < expected_calibration_error(labels, before)
-        ),
+        "lowers_validation_ece": bool(ece["after"] < ece["before"]),
     }
 
 
