@@ -72,23 +72,24 @@ if TYPE_CHECKING:  # the parent process never imports torch: the workers do
 
 DEFAULT_METHODS = ("full", "linear", "shpeft", "fpt", "fpt_preload")
 CHECKPOINTED = ("full_gc", "shpeft_gc")  # with gradient checkpointing
-METHODS = (*DEFAULT_METHODS, *CHECKPOINTED)
+DENSE = ("shpeft_dense",)  # SH-PEFT's mask on dense gradients, the update before the compact one (the reference)
+METHODS = (*DEFAULT_METHODS, *CHECKPOINTED, *DENSE)
 LABELS = dict(
     zip(
         METHODS,
         ("Full fine-tuning", "Linear probing", "SH-PEFT", "FPT", "FPT + preloading")
-        + ("Full fine-tuning + checkpointing", "SH-PEFT + checkpointing"),
+        + ("Full fine-tuning + checkpointing", "SH-PEFT + checkpointing", "SH-PEFT, dense masked update"),
     )
 )
 PLOT_LABELS = dict(
     zip(
         METHODS,
         ("Full\nfine-tuning", "Linear\nprobing", "SH-PEFT", "FPT", "FPT +\npreloading")
-        + ("Full FT +\ncheckpointing", "SH-PEFT +\ncheckpointing"),
+        + ("Full FT +\ncheckpointing", "SH-PEFT +\ncheckpointing", "SH-PEFT\ndense update"),
     )
 )
 PACKAGE_METHODS = {"full": "full", "linear": "linear", "shpeft": "shpeft", "fpt": "fpt", "fpt_preload": "fpt"}
-PACKAGE_METHODS.update(full_gc="full", shpeft_gc="shpeft")
+PACKAGE_METHODS.update(full_gc="full", shpeft_gc="shpeft", shpeft_dense="shpeft")
 PREPARE_CACHE = "prepare_cache"
 RESULT_MARKER = "FPT_MEMORY_RESULT "
 TARGET_FRACTION = 0.10  # the target: FPT with preloading at or below 10% of full fine-tuning's peak
@@ -420,7 +421,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         estimation = ImportanceEstimationHandler(
             budget=args.budget, num_iterations=1, backbone_name=args.backbone, progress=False
         )
-        handlers = [estimation, GradientMaskHandler()]
+        handlers = [estimation, GradientMaskHandler(compact=method not in DENSE)]
     if fpt:
         frozen = list(network.extractor.parameters())
         extra = {
@@ -460,6 +461,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "tensors_with_trainable_entries": len(trainable_set.trainable_names()),
             "tensors_in_scope": len(trainable_set.shapes),
             "frozen_entries_restored_after_step": handlers[1].restores_frozen_entries,
+            "compact_update": method not in DENSE,
             "estimation_seconds": estimation.elapsed_seconds,
             "estimation_batches": 1,
         }
@@ -661,12 +663,28 @@ def markdown_report(report: dict[str, Any]) -> str:
             f" SH-PEFT's peak includes its importance estimation pass (one batch, hybrid L2, lambda 1, "
             f"{shpeft['estimation_seconds']:.1f} s; the peak up to the end of the estimation was "
             f"{shpeft['peak_before_training_bytes'] / MB:,.1f} MB); {shpeft['tensors_with_trainable_entries']} of "
-            f"{shpeft['tensors_in_scope']} backbone tensors hold at least one of the selected weights, and those "
-            "keep full-size gradients and AdamW state (the mask is applied to gradients)"
+            f"{shpeft['tensors_in_scope']} backbone tensors hold at least one of the selected weights"
             + (
-                ", plus a copy used to restore their frozen entries after each step (AdamW's decoupled weight decay "
-                "would move them otherwise)."
-                if shpeft.get("frozen_entries_restored_after_step")
+                "; they train through the compact update (gradients and AdamW state for the selected entries only, "
+                "each dense gradient dropped as soon as backward has produced it)."
+                if shpeft.get("compact_update", False)
+                else ", and those keep full-size gradients and AdamW state (the mask is applied to gradients)"
+                + (
+                    ", plus a copy used to restore their frozen entries after each step (AdamW's decoupled weight "
+                    "decay would move them otherwise)."
+                    if shpeft.get("frozen_entries_restored_after_step")
+                    else "."
+                )
+            )
+        )
+    dense = results.get("shpeft_dense", {})
+    if dense.get("ok"):
+        notes += (
+            " SH-PEFT, dense masked update is the same training with `GradientMaskHandler(compact=False)`: full-size "
+            "gradients and AdamW state for every tensor holding a selected weight, masked after backward"
+            + (
+                ", frozen entries restored from a copy after each step."
+                if dense.get("frozen_entries_restored_after_step")
                 else "."
             )
         )
@@ -741,7 +759,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ok = {m: bool(results[m].get("ok")) for m in methods}
     peaks = [results[m]["peak_bytes"] / MB if ok[m] else 0.0 for m in methods]
     times = [(results[m].get("step_time_relative_to_full") or 0.0) if ok[m] else 0.0 for m in methods]
-    palette = dict(zip(METHODS, ("#4c72b0", "#8c8c8c", "#55a868", "#dd8452", "#c44e52", "#8172b3", "#64b5cd")))
+    colours = ("#4c72b0", "#8c8c8c", "#55a868", "#dd8452", "#c44e52", "#8172b3", "#64b5cd", "#937860")
+    palette = dict(zip(METHODS, colours))
     colors, x, labels = [palette[m] for m in methods], list(range(len(methods))), [PLOT_LABELS[m] for m in methods]
     fig, (ax_mem, ax_time) = plt.subplots(1, 2, figsize=(12, 4.8))
     for bar, method in zip(ax_mem.bar(x, peaks, color=colors), methods):

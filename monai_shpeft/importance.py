@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from enum import Enum
+from functools import partial
 from typing import Any
 
 import torch
@@ -147,14 +148,19 @@ def combine_importance(
         raise ValueError("the task-specific and task-agnostic terms cover different parameters.")
     sum_td = sum(float(t.double().sum()) for t in task_specific.values())
     sum_ta = sum(float(t.double().sum()) for t in task_agnostic.values())
+    factor = _balanced_factor(sum_td, sum_ta, lambda_)
+    return {n: task_specific[n] + factor * task_agnostic[n] for n in task_specific}
+
+
+def _balanced_factor(sum_td: float, sum_ta: float, lambda_: float) -> float:
+    """``lambda * sum I_td / sum I_ta``, logged (0 when the task-agnostic term is all zero)."""
     if sum_td == 0.0:
         logger.warning("All task-specific importances are zero (no gradient reached the backbone?).")
     balance = sum_td / sum_ta if sum_ta > 0 else 0.0
-    factor = lambda_ * balance
     logger.info(
         "Hybrid importance: sum(I_td)=%.4g sum(I_ta)=%.4g balance=%.4g lambda=%g", sum_td, sum_ta, balance, lambda_
     )
-    return {n: task_specific[n] + factor * task_agnostic[n] for n in task_specific}
+    return lambda_ * balance
 
 
 def estimate_importance(
@@ -171,11 +177,19 @@ def estimate_importance(
     amp: bool = False,
     progress: bool = False,
     autocast_dtype: torch.dtype | None = None,
+    micro_batch_size: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Estimate the hybrid importance of every parameter in scope.
 
     The network is left exactly as it was: no optimizer step, gradients and ``requires_grad`` flags restored,
     buffers (e.g. batch-norm statistics) restored, train/eval mode restored.
+
+    Memory: the task-specific term lives in one float32 buffer per tensor, which becomes the importance in place.
+    Each tensor's gradient is folded into its buffer as soon as backward has produced it and then dropped, so the
+    pass holds about one weight-sized buffer besides the forward's activations (a training step with AdamW holds
+    three). ``micro_batch_size`` splits each mini-batch into smaller forward/backward passes whose gradients add up
+    to the mini-batch's before they are folded (so the L2 term is still the square of each mini-batch's gradient):
+    the activations shrink, the result does not change beyond float rounding.
 
     Args:
         network: the classifier.
@@ -193,33 +207,57 @@ def estimate_importance(
         progress: show a tqdm progress bar.
         autocast_dtype: run the forward pass under ``torch.autocast`` to this dtype on the batches' device
             (e.g. bfloat16 on a CPU that computes it natively, see :mod:`monai_shpeft.amp`); overrides ``amp``.
+        micro_batch_size: images per forward/backward pass (``None``: the whole mini-batch at once).
 
     Returns:
         name -> importance (float32, on the network's device).
 
     Raises:
         NonFiniteGradientError: naming the parameter and mini-batch where a gradient is NaN or infinite.
-        ValueError: if the loader yields no batch.
+        ValueError: if the loader yields no batch, or ``micro_batch_size`` is not a positive integer.
     """
     strategy, mode = ImportanceStrategy(strategy), ImportanceMode(mode)
+    if lambda_ < 0:
+        raise ValueError(f"lambda_ must be >= 0, got {lambda_}.")
+    if micro_batch_size is not None and (isinstance(micro_batch_size, bool) or int(micro_batch_size) < 1):
+        raise ValueError(f"micro_batch_size must be a positive integer or None, got {micro_batch_size!r}.")
     params = scoped_parameters(network, scope)
-    task_agnostic = task_agnostic_importance(params, strategy) if mode is not ImportanceMode.TASK_SPECIFIC else None
-    task_specific = None
-    if mode is not ImportanceMode.TASK_AGNOSTIC:
-        task_specific = _accumulate_gradients(
-            network,
-            params,
-            data_loader,
-            loss_function,
-            strategy,
-            num_iterations,
-            prepare_batch,
-            device,
-            amp,
-            progress,
-            autocast_dtype,
-        )
-    return combine_importance(task_specific, task_agnostic, lambda_, mode)
+    if mode is ImportanceMode.TASK_AGNOSTIC:
+        return task_agnostic_importance(params, strategy)
+    importance = _accumulate_gradients(
+        network,
+        params,
+        data_loader,
+        loss_function,
+        strategy,
+        num_iterations,
+        prepare_batch,
+        device,
+        amp,
+        progress,
+        autocast_dtype,
+        micro_batch_size,
+    )
+    if mode is ImportanceMode.HYBRID:
+        _add_balanced_task_agnostic(importance, params, strategy, lambda_)
+    return importance
+
+
+def _add_balanced_task_agnostic(
+    importance: dict[str, torch.Tensor],
+    params: Mapping[str, torch.Tensor],
+    strategy: ImportanceStrategy,
+    lambda_: float,
+) -> None:
+    """``I_td += lambda * (sum I_td / sum I_ta) * I_ta`` in place, one tensor's ``I_ta`` at a time.
+
+    The same arithmetic as :func:`combine_importance`, without holding the task-agnostic term of every tensor.
+    """
+    sum_td = sum(float(t.double().sum()) for t in importance.values())
+    sum_ta = sum(float(task_agnostic_importance({n: p}, strategy)[n].double().sum()) for n, p in params.items())
+    factor = _balanced_factor(sum_td, sum_ta, lambda_)
+    for name, param in params.items():
+        importance[name].add_(task_agnostic_importance({name: param}, strategy)[name].mul_(factor))
 
 
 def _default_prepare_batch(batch: Any, device: torch.device, non_blocking: bool = False) -> Any:
@@ -266,45 +304,49 @@ def _accumulate_gradients(
     amp: bool,
     progress: bool,
     autocast_dtype: torch.dtype | None = None,
+    micro_batch_size: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    names = list(params)
     first = next(iter(params.values()))
     device = torch.device(device) if device is not None else first.device
     prepare = prepare_batch or _default_prepare_batch
-    accumulators = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
+    folding = _GradientFolding(params, strategy)
     total = num_iterations
     if total is None:
         with contextlib.suppress(TypeError):
             total = len(data_loader)  # type: ignore[arg-type]
     use_autocast = autocast_dtype is not None or (amp and device.type == "cuda")
     autocast_dtype = autocast_dtype or torch.bfloat16
-    # DDP's reducer waits for .backward(); autograd.grad on the bare module bypasses it, and the ranks are
-    # combined explicitly below instead
+    # backward on the bare module: DDP's reducer only acts on a backward that follows its own forward, and the
+    # ranks are combined explicitly below instead
     module = unwrap(network)
     start = time.perf_counter()
     seen = 0
-    with _preserved_state(network, params):
+    with _preserved_state(network, params), folding:
         module.train()
         for batch in _progress(_batches(data_loader, num_iterations), total, progress):
             prepared = prepare(batch, device, False)
             inputs, targets = prepared[0], prepared[1]
             # MONAI's PrepareBatchExtraInput returns (inputs, targets, args, kwargs) for networks with extra inputs
             args, kwargs = (prepared[2], prepared[3]) if len(prepared) == 4 else ((), {})
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=use_autocast):
-                logits = module(inputs, *args, **kwargs)
-            loss = loss_function(logits.float(), targets).mean()  # the loss in float32, as in training
-            grads = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
-            _check_finite(names, grads, seen)
-            for name, grad in zip(names, grads):
-                if grad is None:
-                    continue
-                if strategy is ImportanceStrategy.L1:
-                    accumulators[name].add_(grad.float())
-                else:
-                    accumulators[name].addcmul_(grad.float(), grad.float())
+            size = int(inputs.shape[0])
+            step = size if micro_batch_size is None else int(micro_batch_size)
+            for offset in range(0, size, step):
+                part = slice(offset, min(offset + step, size))
+                part_args = [_rows(a, part, size) for a in args]
+                part_kwargs = {k: _rows(v, part, size) for k, v in kwargs.items()}
+                with torch.autocast(device.type, dtype=autocast_dtype, enabled=use_autocast):
+                    logits = module(inputs[part], *part_args, **part_kwargs)
+                # the loss in float32, as in training; weighted so that the parts' gradients add up to the batch's
+                loss = loss_function(logits.float(), targets[part]).mean()
+                if step < size:
+                    loss = loss * ((part.stop - part.start) / size)
+                folding.final = part.stop >= size  # fold into the buffers once the mini-batch's gradient is whole
+                loss.backward()
+            folding.check_finite(seen)
             seen += 1
     if seen == 0:
         raise ValueError("importance estimation got no mini-batch: the data loader is empty.")
+    accumulators = folding.buffers
     # in a distributed run each rank saw its own shard: sum the terms so every rank ranks the same epoch
     synchronize_sum(list(accumulators.values()))
     if strategy is ImportanceStrategy.L1:
@@ -317,6 +359,69 @@ def _accumulate_gradients(
         time.perf_counter() - start,
     )
     return accumulators
+
+
+class _GradientFolding:
+    """Fold each parameter's gradient into its float32 buffer when backward has produced it, then drop it.
+
+    A post-accumulate-grad hook per parameter adds ``g`` (L1) or ``g * g`` (L2) to the buffer and frees ``.grad``,
+    so at most the gradients of the tensors autograd is working on are alive besides the buffers. While ``final``
+    is false (the first parts of a split mini-batch) the gradients stay and accumulate in ``.grad`` as usual.
+    """
+
+    def __init__(self, params: Mapping[str, nn.Parameter], strategy: ImportanceStrategy) -> None:
+        self.params = params
+        self.strategy = strategy
+        self.buffers = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
+        self.final = True
+        self._finite: dict[str, torch.Tensor] = {}
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> _GradientFolding:
+        for name, param in self.params.items():
+            self._handles.append(param.register_post_accumulate_grad_hook(partial(self._fold, name)))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _fold(self, name: str, param: torch.Tensor) -> None:
+        if not self.final or param.grad is None:
+            return
+        grad = param.grad.float()
+        self._finite[name] = torch.isfinite(grad).all()  # a 0-d tensor: no device sync in the hot path
+        if self.strategy is ImportanceStrategy.L1:
+            self.buffers[name].add_(grad)
+        else:
+            self.buffers[name].addcmul_(grad, grad)
+        param.grad = None
+
+    def check_finite(self, batch_index: int) -> None:
+        """Raise :class:`NonFiniteGradientError` naming the first tensor whose gradient was NaN or infinite."""
+        if not self._finite:
+            return
+        names = list(self._finite)
+        flags = torch.stack([self._finite[n] for n in names])
+        self._finite.clear()
+        if bool(flags.all()):
+            return
+        name = next(n for n, ok in zip(names, flags.tolist()) if not ok)
+        buffer = self.buffers[name]
+        kind = "NaN" if bool(torch.isnan(buffer).any()) else "infinite"
+        raise NonFiniteGradientError(
+            f"Gradient of '{name}' is {kind} at mini-batch {batch_index} of importance estimation. Check the "
+            "inputs of that batch (NaN pixels, wrong intensity scaling), the labels, and the loss; with AMP "
+            "try float32."
+        )
+
+
+def _rows(value: Any, part: slice, size: int) -> Any:
+    """The rows ``part`` of a batched tensor argument (other arguments as they are)."""
+    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == size:
+        return value[part]
+    return value
 
 
 def _batches(data_loader: Iterable[Any], num_iterations: int | None) -> Iterable[Any]:
@@ -335,24 +440,6 @@ def _batches(data_loader: Iterable[Any], num_iterations: int | None) -> Iterable
                 return
         if empty:
             return
-
-
-def _check_finite(names: Sequence[str], grads: Sequence[torch.Tensor | None], batch_index: int) -> None:
-    present = [(n, g) for n, g in zip(names, grads) if g is not None]
-    if not present:
-        return
-    # one device sync per batch: the norm of a tensor is finite iff all its entries are (up to overflow)
-    norms = torch.stack([g.detach().float().norm() for _, g in present])
-    if bool(torch.isfinite(norms).all()):
-        return
-    for name, grad in present:
-        if not bool(torch.isfinite(grad).all()):
-            kind = "NaN" if bool(torch.isnan(grad).any()) else "infinite"
-            raise NonFiniteGradientError(
-                f"Gradient of '{name}' is {kind} at mini-batch {batch_index} of importance estimation. Check the "
-                "inputs of that batch (NaN pixels, wrong intensity scaling), the labels, and the loss; with AMP "
-                "try float32."
-            )
 
 
 def _progress(iterable: Iterable[Any], total: int | None, enabled: bool) -> Iterable[Any]:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import gc
 import os
 import resource
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-__all__ = ["PeakMemoryMeter", "current_rss_bytes", "max_rss_bytes", "reset_peak_rss"]
+__all__ = ["PeakMemoryMeter", "PhaseMemoryRecorder", "current_rss_bytes", "max_rss_bytes", "reset_peak_rss"]
 
 
 def current_rss_bytes() -> int:
@@ -103,4 +103,75 @@ class PeakMemoryMeter:
             record["max_memory_reserved_bytes"] = torch.cuda.max_memory_reserved(self.device)
         else:
             record["peak_rss_bytes"] = max_rss_bytes()
+        return record
+
+
+@dataclass
+class PhaseMemoryRecorder:
+    """Peak memory of consecutive phases of one process (e.g. a bundle run), each measured apart.
+
+    Each :meth:`begin` closes the phase before it and resets the high-water mark, so a phase's peak is its own: the
+    peak resident set size of the process during the phase (absolute, so the first phase includes the imports), and
+    on CUDA the allocator's peak (``torch.cuda.max_memory_allocated``). The whole run's peak is the largest of them.
+
+    Args:
+        device: the device the run trains on.
+    """
+
+    device: torch.device | str = "cpu"
+    phases: dict[str, dict[str, Any]] = field(default_factory=dict)
+    current: str | None = None
+    reset_ok: bool = True
+
+    @property
+    def _cuda(self) -> bool:
+        return torch.device(self.device).type == "cuda" and torch.cuda.is_available()
+
+    def begin(self, phase: str, reset: bool = True) -> None:
+        """End the current phase (if any) and start ``phase``.
+
+        A phase begun again later (e.g. the set-up between two handlers) keeps the larger of its peaks.
+
+        Args:
+            phase: the phase's name.
+            reset: reset the high-water marks first; ``False`` lets the phase include everything since the process
+                started (the first phase of a run).
+        """
+        self.end()
+        if reset:
+            self.reset_ok = reset_peak_rss() and self.reset_ok
+            if self._cuda:
+                torch.cuda.reset_peak_memory_stats(self.device)
+        record = self.phases.setdefault(phase, {"start_rss_bytes": current_rss_bytes()})
+        record["entries"] = record.get("entries", 0) + 1
+        self.current = phase
+
+    def end(self) -> None:
+        """Close the current phase and record its peaks (no-op without one)."""
+        if self.current is None:
+            return
+        record = self.phases[self.current]
+        record["peak_rss_bytes"] = max(max_rss_bytes(), record.get("peak_rss_bytes", 0), record["start_rss_bytes"])
+        record["end_rss_bytes"] = current_rss_bytes()
+        if self._cuda:
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+            record["cuda_peak_allocated_bytes"] = max(peak, record.get("cuda_peak_allocated_bytes", 0))
+        self.current = None
+
+    def to_record(self) -> dict[str, Any]:
+        """Each phase's figures, the whole run's peaks, and how they were measured."""
+        peaks = [p["peak_rss_bytes"] for p in self.phases.values() if "peak_rss_bytes" in p]
+        record: dict[str, Any] = {
+            "phases": self.phases,
+            "peak_rss_bytes": max(peaks, default=0),
+            "source": "peak resident set size of the process per phase (getrusage ru_maxrss, high-water mark reset "
+            "at each phase's start"
+            + ("" if self.reset_ok else "; the kernel refused the reset, so later phases include earlier peaks")
+            + ")",
+            "high_water_mark_reset": self.reset_ok,
+        }
+        if self._cuda:
+            cuda = [p["cuda_peak_allocated_bytes"] for p in self.phases.values() if "cuda_peak_allocated_bytes" in p]
+            record["cuda_peak_allocated_bytes"] = max(cuda, default=0)
         return record

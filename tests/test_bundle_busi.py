@@ -46,6 +46,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "2",
             "--learning_rate",
             "0.05",
+            "--estimation_batch_size",
+            "2",
+            "--memory_profile",
+            "true",
             *TINY_BUNDLE_ARGS,
         ),
         cwd=work,
@@ -58,6 +62,10 @@ def test_training_writes_model_set_split_and_metadata_record(trained: Path) -> N
     assert (models / "model.pt").is_file()
     trainable_set = SparseTrainableSet.load(models / "sparse_trainable_set.safetensors")
     assert trainable_set.num_selected == round(0.01 * trainable_set.num_total)
+    assert trainable_set.header["estimation_batch_size"] == 2  # the knob reaches the estimation
+    profile = json.loads((trained / BUNDLE / "runs" / "memory_profile.json").read_text())
+    assert list(profile["phases"]) == ["setup", "head_warmup", "importance", "training"]
+    assert profile["peak_rss_bytes"] == max(p["peak_rss_bytes"] for p in profile["phases"].values())
     assert trainable_set.header["backbone"] == "timm:vit_small_patch14_dinov2"
 
     # the record goes into the run's metadata beside the checkpoint; the bundle's tracked metadata is untouched

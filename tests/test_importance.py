@@ -170,3 +170,83 @@ def test_task_agnostic_importance_strategies() -> None:
     w = {"w": torch.tensor([-2.0, 0.5])}
     assert torch.equal(task_agnostic_importance(w, "l1")["w"], torch.tensor([2.0, 0.5]))
     assert torch.equal(task_agnostic_importance(w, "l2")["w"], torch.tensor([4.0, 0.25]))
+
+
+def reference_importance(
+    model: nn.Module, batches: list[dict[str, torch.Tensor]], strategy: str
+) -> dict[str, torch.Tensor]:
+    """The task-specific term by ``torch.autograd.grad`` on whole mini-batches, kept apart from the estimator."""
+    params = dict(model.named_parameters())
+    terms = {n: torch.zeros_like(p) for n, p in params.items()}
+    for batch in batches:
+        loss = nn.functional.cross_entropy(model(batch["image"]), batch["label"])
+        for (name, _), grad in zip(params.items(), torch.autograd.grad(loss, list(params.values()))):
+            terms[name] += grad if strategy == "l1" else grad * grad
+    return {n: t.abs() if strategy == "l1" else t for n, t in terms.items()}
+
+
+def classification_batches(count: int = 3, size: int = 8) -> list[dict[str, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(1)
+    return [
+        {"image": torch.randn(size, 6, generator=generator), "label": torch.randint(0, 3, (size,), generator=generator)}
+        for _ in range(count)
+    ]
+
+
+@pytest.mark.parametrize("strategy", ["l1", "l2"])
+@pytest.mark.parametrize("micro_batch_size", [None, 3, 8, 100])
+def test_micro_batches_add_up_to_each_mini_batch_gradient(strategy: str, micro_batch_size: int | None) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
+    batches = classification_batches()
+    expected = reference_importance(model, batches, strategy)
+    found = estimate_importance(
+        model,
+        batches,
+        nn.CrossEntropyLoss(),
+        strategy=strategy,
+        mode="task_specific",
+        scope=None,
+        micro_batch_size=micro_batch_size,
+    )
+    for name in expected:
+        torch.testing.assert_close(found[name], expected[name], rtol=1e-5, atol=1e-9)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_each_gradient_is_folded_and_dropped_as_soon_as_backward_produces_it() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 5), nn.Tanh(), nn.Linear(5, 3))
+    params = list(model.parameters())
+    alive: list[int] = []
+    handles: list[object] = []
+
+    def watching_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        for handle in handles:
+            handle.remove()  # type: ignore[attr-defined]
+        handles.clear()
+        for param in params:  # runs after the estimator's own hook on the same tensor
+            handles.append(
+                param.register_post_accumulate_grad_hook(
+                    lambda _: alive.append(sum(q.grad is not None for q in params))
+                )
+            )
+        return nn.functional.cross_entropy(logits, target)
+
+    estimate_importance(model, classification_batches(), watching_loss, mode="task_specific", scope=None)
+    assert len(alive) == 3 * len(params)
+    assert max(alive) == 0, "a dense gradient outlived its fold into the importance buffer"
+    alive.clear()
+    estimate_importance(
+        model, classification_batches(), watching_loss, mode="task_specific", scope=None, micro_batch_size=4
+    )
+    # the first half of each mini-batch keeps its gradients for the second half to add to; the second half folds them
+    assert max(alive) == len(params) and alive[-1] == 0
+
+
+@pytest.mark.parametrize("bad", [0, -2, True])
+def test_micro_batch_size_must_be_positive(bad: object) -> None:
+    with pytest.raises(ValueError, match="micro_batch_size"):
+        estimate_importance(
+            nn.Linear(6, 3), classification_batches(1), nn.CrossEntropyLoss(), scope=None, micro_batch_size=bad
+        )  # type: ignore[arg-type]

@@ -7,6 +7,7 @@ import pytest
 import torch
 from ignite.engine import Events
 
+from monai_shpeft.errors import SettingsError
 from monai_shpeft.handlers import GradientMaskHandler, ImportanceEstimationHandler
 from monai_shpeft.importance import NonFiniteGradientError
 from monai_shpeft.sparse_set import SparseSetMismatchError, SparseTrainableSet
@@ -115,3 +116,22 @@ def test_per_neuron_selection_saves_a_gps_set_and_unknown_selections_are_refused
     assert shpeft.selection == "global" and "method" not in shpeft.trainable_set.header
     with pytest.raises(ValueError, match="selection must be one of global, per_neuron"):
         ImportanceEstimationHandler(selection="per_row")
+
+
+def test_estimation_in_parts_of_a_mini_batch_selects_the_same_set(tmp_path: Path) -> None:
+    whole, _ = estimate_with_trainer(tmp_path, budget=0.01)
+    parts, _ = estimate_with_trainer(tmp_path, budget=0.01, estimation_batch_size=1)
+    assert parts.trainable_set.header["estimation_batch_size"] == 1
+    assert whole.trainable_set.header["estimation_batch_size"] is None
+    same = sum(
+        int(torch.isin(parts.trainable_set.indices[n], whole.trainable_set.indices[n]).sum())
+        for n in whole.trainable_set.shapes
+    )
+    # the same importance up to float rounding: at most a near-tie at the budget's edge may swap
+    assert same >= 0.99 * whole.trainable_set.num_selected
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, "4", True])
+def test_estimation_batch_size_must_be_a_positive_integer(bad: object) -> None:
+    with pytest.raises(SettingsError, match="estimation_batch_size must be a positive integer"):
+        ImportanceEstimationHandler(estimation_batch_size=bad)  # type: ignore[arg-type]

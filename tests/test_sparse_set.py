@@ -202,3 +202,38 @@ def test_per_row_selection_refuses_bad_input() -> None:
         select_top_k_per_row(torch.ones(2, 2), 0)
     with pytest.raises(ValueError, match="budget"):
         SparseTrainableSet.from_importance_per_row(random_importance(), 0.0, MATRICES)
+
+
+def sorted_reference_top_k(importance: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
+    """Top k by one stable descending sort of the concatenation: ties in parameter then position order."""
+    names = list(importance)
+    flat = torch.cat([importance[n].reshape(-1).float() for n in names])
+    order = torch.sort(-flat, stable=True).indices[:k]
+    chosen = torch.zeros_like(flat, dtype=torch.bool)
+    chosen[order] = True
+    out, offset = {}, 0
+    for name in names:
+        numel = importance[name].numel()
+        out[name] = torch.nonzero(chosen[offset : offset + numel]).flatten()
+        offset += numel
+    return out
+
+
+@pytest.mark.parametrize("case", ["random", "ties", "signed", "structured", "infinite"])
+def test_select_top_k_matches_a_full_sort_without_concatenating(case: str) -> None:
+    generator = torch.Generator().manual_seed(3)
+    if case == "structured":  # sorted rows: a strided sample of them is unlike the whole, the bracket must widen
+        importance = {f"t{i}": torch.linspace(0, 1, 40_000) * (i + 1) for i in range(30)}
+    else:
+        importance = {f"t{i}": torch.rand(int(5_000 * (i + 1)), generator=generator) for i in range(12)}
+    if case == "ties":
+        importance = {n: (t * 20).round() for n, t in importance.items()}
+    if case == "signed":
+        importance = {n: t - 0.5 for n, t in importance.items()}
+    if case == "infinite":
+        importance["t0"][:3] = torch.tensor([float("inf"), float("-inf"), 0.0])
+    total = sum(t.numel() for t in importance.values())
+    for k in (1, 7, total // 100, total // 3, total - 1, total):
+        found = select_top_k(importance, k)
+        expected = sorted_reference_top_k(importance, k)
+        assert all(torch.equal(found[n], expected[n]) for n in importance), (case, k)

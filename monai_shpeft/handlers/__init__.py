@@ -13,6 +13,7 @@ from monai_shpeft.handlers.feature_preload_handler import FeaturePreloadHandler
 from monai_shpeft.handlers.gradient_mask_handler import GradientMaskHandler
 from monai_shpeft.handlers.head_warmup_handler import HEAD_WARMUP_MODES, HeadWarmupHandler
 from monai_shpeft.handlers.importance_estimation_handler import ImportanceEstimationHandler
+from monai_shpeft.handlers.memory_profile_handler import MemoryProfileHandler
 from monai_shpeft.handlers.prediction_writer_handler import PredictionWriter
 from monai_shpeft.handlers.probe_comparison_handler import ProbeComparisonHandler, classification_figures
 from monai_shpeft.handlers.resume_handler import ResumeError, ResumeHandler
@@ -24,6 +25,7 @@ from monai_shpeft.handlers.tracking_handler import TrackingHandler, check_tracki
 from monai_shpeft.handlers.weight_averaging_handler import WeightAveragingHandler
 
 __all__ = [
+    "MemoryProfileHandler",
     "CheckpointCheckHandler",
     "CheckpointMismatchError",
     "ClinicalReportHandler",

@@ -30,11 +30,27 @@ if TYPE_CHECKING:
 else:
     Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
 
-__all__ = ["SELECTIONS", "ImportanceEstimationHandler"]
+__all__ = ["SELECTIONS", "ImportanceEstimationHandler", "check_estimation_batch_size"]
 
 #: how the set is chosen from the importance: the top ``budget`` over the whole scope (SH-PEFT), or the same number
 #: of top entries in every row of every weight matrix (GPS)
 SELECTIONS = ("global", "per_neuron")
+
+
+def check_estimation_batch_size(value: Any) -> int | None:
+    """The ``estimation_batch_size`` knob as an int, or ``None``.
+
+    Raises:
+        SettingsError: naming the knob, when the value is not a positive integer or null.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SettingsError(
+            f"estimation_batch_size must be a positive integer (images per importance forward/backward pass) or "
+            f"null for whole mini-batches; got {value!r}."
+        )
+    return value
 
 
 class ImportanceEstimationHandler:
@@ -67,9 +83,13 @@ class ImportanceEstimationHandler:
             arguments and records ``method`` in the set's header; any other value, or ``None``, leaves them as given.
             (A bundle cannot choose the mode with an expression on ``@importance_mode``: MONAI's config parser takes
             any expression containing the word "import" for an import statement.)
+        estimation_batch_size: images per forward/backward pass of the estimation; each mini-batch is split into
+            parts of this size whose gradients add up before they enter the importance, so the result is the same
+            and the activations shrink. ``None`` (default): whole mini-batches.
 
     Raises:
-        ValueError: for a ``selection`` not in :data:`SELECTIONS`.
+        SettingsError: for a ``selection`` not in :data:`SELECTIONS`, or an ``estimation_batch_size`` that is not a
+            positive integer.
     """
 
     def __init__(
@@ -88,8 +108,10 @@ class ImportanceEstimationHandler:
         progress: bool = True,
         selection: str = "global",
         method: str | None = None,
+        estimation_batch_size: int | None = None,
     ) -> None:
         self.method = method
+        self.estimation_batch_size = check_estimation_batch_size(estimation_batch_size)
         if method == gps.METHOD_NAME:
             strategy, mode, selection = gps.RECIPE["strategy"], gps.RECIPE["mode"], gps.RECIPE["selection"]
         if selection not in SELECTIONS:
@@ -175,6 +197,7 @@ class ImportanceEstimationHandler:
             scope=self.scope,
             lambda_=self.lambda_,
             progress=self.progress,
+            micro_batch_size=self.estimation_batch_size,
         )
         header = {
             "backbone": self.backbone_name or getattr(network, "backbone_name", type(network).__name__),
@@ -183,6 +206,7 @@ class ImportanceEstimationHandler:
             "lambda": self.lambda_,
             "budget": self.budget,
             "estimation_iterations": num_iterations,
+            "estimation_batch_size": self.estimation_batch_size,
         }
         if self.method == gps.METHOD_NAME:
             header["method"] = self.method

@@ -15,6 +15,7 @@ from monai.utils import min_version, optional_import
 
 from monai_shpeft.distributed import is_main_process
 from monai_shpeft.handlers.gradient_mask_handler import STATE_KEY
+from monai_shpeft.handlers.importance_estimation_handler import check_estimation_batch_size
 from monai_shpeft.handlers.trainer_access import calibration_loader, trainer_importance
 from monai_shpeft.importance import ImportanceMode, ImportanceStrategy, unwrap
 from monai_shpeft.methods import spt_lora
@@ -67,6 +68,8 @@ class SPTLoRAHandler:
         progress: show a progress bar over the calibration batches.
         lr_schedulers: schedulers of ``engine.optimizer`` to extend to the LoRA group, besides those found on the
             trainer's handlers.
+        estimation_batch_size: images per forward/backward pass of the sensitivity estimation (see
+            :class:`~monai_shpeft.handlers.ImportanceEstimationHandler`); ``None``: whole mini-batches.
     """
 
     def __init__(
@@ -79,7 +82,9 @@ class SPTLoRAHandler:
         save_path: str | os.PathLike | None = None,
         progress: bool = True,
         lr_schedulers: Sequence[Any] = (),
+        estimation_batch_size: int | None = None,
     ) -> None:
+        self.estimation_batch_size = check_estimation_batch_size(estimation_batch_size)
         if isinstance(rank, bool) or int(rank) < 1:
             raise ValueError(f"rank must be a positive integer, got {rank!r}.")
         self.budget = budget
@@ -199,6 +204,7 @@ class SPTLoRAHandler:
             mode=ImportanceMode.TASK_SPECIFIC,
             scope="backbone",
             progress=self.progress,
+            micro_batch_size=self.estimation_batch_size,
         )
         candidates = spt_lora.linear_weight_names(network)
         if not candidates:

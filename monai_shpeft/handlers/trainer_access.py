@@ -116,6 +116,7 @@ def trainer_importance(
     scope: str | None,
     lambda_: float = 1.0,
     progress: bool = True,
+    micro_batch_size: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """The importance of the trainer's network, with the trainer's loss, batch preparation, device and precision.
 
@@ -130,6 +131,7 @@ def trainer_importance(
         scope: the submodule whose parameters are scored.
         lambda_: the task-agnostic weight.
         progress: show a progress bar.
+        micro_batch_size: images per forward/backward pass of the estimation (``None``: whole mini-batches).
 
     Returns:
         importance per parameter name.
@@ -148,6 +150,7 @@ def trainer_importance(
         amp=bool(getattr(engine, "amp", False)),
         autocast_dtype=trainer_autocast_dtype(engine),
         progress=progress,
+        micro_batch_size=micro_batch_size,
     )
 
 

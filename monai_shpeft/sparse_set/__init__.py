@@ -8,11 +8,13 @@ how it was made (backbone, strategy, lambda, budget).
 
 A set is chosen globally (:meth:`SparseTrainableSet.from_importance`: the top entries over the whole scope, as
 SH-PEFT does) or per neuron (:meth:`SparseTrainableSet.from_importance_per_row`: the same number of top entries in
-every row of every weight matrix, as GPS does).
+every row of every weight matrix, as GPS does). :class:`CompactSparseUpdate` trains a set with gradients and
+optimizer state for its selected entries only.
 """
 
 from __future__ import annotations
 
+from monai_shpeft.sparse_set.compact_update import CompactSlot, CompactSparseUpdate
 from monai_shpeft.sparse_set.selection import (
     block_of,
     layer_type_of,
@@ -23,6 +25,8 @@ from monai_shpeft.sparse_set.selection import (
 from monai_shpeft.sparse_set.trainable_set import SparseSetMismatchError, SparseTrainableSet
 
 __all__ = [
+    "CompactSlot",
+    "CompactSparseUpdate",
     "SparseSetMismatchError",
     "SparseTrainableSet",
     "block_of",

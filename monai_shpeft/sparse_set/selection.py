@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import re
+import struct
 from collections.abc import Mapping
 
 import torch
@@ -96,27 +98,81 @@ def select_top_k(importance: Mapping[str, torch.Tensor], k: int) -> dict[str, to
     Raises:
         ValueError: if a score is NaN or ``k`` is out of range.
     """
-    names = list(importance)
-    flat = torch.cat([importance[n].detach().reshape(-1).float().cpu() for n in names])
-    total = flat.numel()
+    scores = {n: t.detach().reshape(-1).float().cpu() for n, t in importance.items()}
+    total = sum(t.numel() for t in scores.values())
     if not 0 < k <= total:
         raise ValueError(f"cannot select {k} of {total} entries.")
-    if torch.isnan(flat).any():
-        bad = next(n for n in names if torch.isnan(importance[n]).any())
+    bad = next((n for n, t in scores.items() if torch.isnan(t).any()), None)
+    if bad is not None:
         raise ValueError(f"importance of parameter '{bad}' contains NaN; the estimation is not usable.")
-    tau = torch.kthvalue(flat, total - k + 1).values
-    chosen = flat > tau
-    missing = k - int(chosen.sum())
-    if missing > 0:
-        ties = torch.nonzero(flat == tau).flatten()[:missing]  # nonzero is in ascending position order
-        chosen[ties] = True
-    result: dict[str, torch.Tensor] = {}
-    offset = 0
-    for name in names:
-        numel = importance[name].numel()
-        result[name] = torch.nonzero(chosen[offset : offset + numel]).flatten().to(torch.int64)
-        offset += numel
-    return result
+    tau = _kth_largest(list(scores.values()), k)
+    chosen = {n: t > tau for n, t in scores.items()}
+    missing = k - sum(int(c.sum()) for c in chosen.values())
+    for name, flat in scores.items():  # ties at tau, in parameter order then position order
+        if missing <= 0:
+            break
+        ties = torch.nonzero(flat == tau).flatten()[:missing]
+        chosen[name][ties] = True
+        missing -= int(ties.numel())
+    return {n: torch.nonzero(c).flatten().to(torch.int64) for n, c in chosen.items()}
+
+
+def _kth_largest(tensors: list[torch.Tensor], k: int) -> float:
+    """The ``k``-th largest value over float32 ``tensors``, without concatenating or sorting them.
+
+    Sorting the concatenation of every backbone weight's importance would hold several copies of it (values,
+    int64 positions). Instead a strided sample of about a million scores brackets the ``k``-th largest; one counting
+    pass checks the bracket, and the exact value is found among the few scores inside it. A bracket that misses (a
+    sample unlike the whole) is widened; after a few misses an exact bisection over the values takes over.
+    """
+    total = sum(t.numel() for t in tensors)
+    stride = max(1, total // 1_000_000)
+    sample = torch.cat([t[::stride] for t in tensors])
+    expected = k * sample.numel() / total  # the k-th largest's rank in the sample
+    margin = 3.0 * math.sqrt(expected) + 2.0
+    for _ in range(4):
+        upper = _sample_rank_value(sample, math.floor(expected - margin), math.inf)
+        lower = _sample_rank_value(sample, math.ceil(expected + margin), -math.inf)
+        above = sum(int(torch.count_nonzero(t >= upper)) for t in tensors)
+        from_lower = sum(int(torch.count_nonzero(t >= lower)) for t in tensors)
+        if above < k <= from_lower:  # the k-th largest lies in [lower, upper)
+            inside = torch.cat([t[(t >= lower) & (t < upper)] for t in tensors])
+            return float(torch.kthvalue(inside, inside.numel() - (k - above) + 1).values)
+        margin *= 4.0
+    return _bisect_kth_largest(tensors, k)
+
+
+def _sample_rank_value(sample: torch.Tensor, rank: int, beyond: float) -> float:
+    """The ``rank``-th largest value of ``sample`` (1 = the largest), ``beyond`` when the rank falls outside it."""
+    if rank < 1 or rank > sample.numel():
+        return beyond
+    return float(torch.kthvalue(sample, sample.numel() - rank + 1).values)
+
+
+def _bisect_kth_largest(tensors: list[torch.Tensor], k: int) -> float:
+    """The ``k``-th largest value by bisection over the order-preserving integer keys of float32 (about 32 passes)."""
+    low = _float_key(min(float(t.min()) for t in tensors if t.numel()))
+    high = _float_key(max(float(t.max()) for t in tensors if t.numel()))
+    while low < high:  # the largest key whose value still has at least k entries at or above it
+        middle = (low + high + 1) // 2
+        threshold = _key_float(middle)
+        if sum(int(torch.count_nonzero(t >= threshold)) for t in tensors) >= k:
+            low = middle
+        else:
+            high = middle - 1
+    return _key_float(low)
+
+
+def _float_key(value: float) -> int:
+    """An integer that orders like the float32 ``value`` (negative floats' bit patterns run backwards)."""
+    bits = struct.unpack("<i", struct.pack("<f", value))[0]
+    return bits if bits >= 0 else -(bits & 0x7FFFFFFF) - 1
+
+
+def _key_float(key: int) -> float:
+    """The float32 whose key (:func:`_float_key`) is ``key``."""
+    bits = key if key >= 0 else (-key - 1) | 0x80000000
+    return struct.unpack("<f", struct.pack("<I", bits))[0]
 
 
 def select_top_k_per_row(scores: torch.Tensor, k: int) -> torch.Tensor:
