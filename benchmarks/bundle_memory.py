@@ -60,7 +60,10 @@ LABELS = {
     "fpt": "FPT + preloading",
 }
 DEFAULT_SIZES = (224, 518)
-DEFAULT_METHODS = {224: tuple(METHODS), 518: ("full", "full_gc", "shpeft", "shpeft_gc", "shpeft_split", "fpt")}
+DEFAULT_METHODS = {
+    224: ("full", "full_gc", "linear", "lora", "shpeft", "shpeft_gc", "shpeft_split"),
+    518: ("full", "full_gc", "shpeft", "shpeft_gc"),
+}
 PHASES = ("setup", "cache_fill", "head_warmup", "importance", "training")
 
 
@@ -101,8 +104,10 @@ def run_one(args: argparse.Namespace, size: int, method: str) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     datalist = Path(args.output_dir) / "datalist.json"
     knobs = [
-        "--dataset_dir", args.dataset_dir, "--backbone", args.backbone, "--pretrained", args.pretrained,
-        "--image_size", str(size), "--fpt_image_size", str(size), "--fpt_side_image_size", str(size // 2 // 14 * 14),
+        "--dataset_dir", args.dataset_dir, "--backbone", args.backbone,
+        *(["--pretrained", "$None", "--tiny_backbone", "true"] if args.tiny else ["--pretrained", args.pretrained]),
+        "--image_size", str(size), "--fpt_image_size", str(size),
+        "--fpt_side_image_size", str(max(14, size // 2 // 14 * 14)),
         "--batch_size", str(args.batch_size), "--max_epochs", "1", "--fpt_max_epochs", "1",
         "--estimation_iterations", "1", "--learning_rate", "1e-5", "--checkpoint_rule", "best",
         "--device", args.device, "--num_workers", "0", "--seed", str(args.seed), "--memory_profile", "true",
@@ -112,9 +117,10 @@ def run_one(args: argparse.Namespace, size: int, method: str) -> dict[str, Any]:
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLE / "configs" / "train.json")]
     start = time.perf_counter()
     with (out / "train.log").open("w") as log:
-        process = subprocess.run(
-            [*command, *knobs], stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-        )
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if args.malloc_mmap_threshold is not None:
+            env["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)
+        process = subprocess.run([*command, *knobs], stdout=log, stderr=subprocess.STDOUT, env=env)
     if process.returncode != 0:
         tail = (out / "train.log").read_text().strip().splitlines()[-1:]
         raise RuntimeError(f"{method} at {size} px failed ({out / 'train.log'}): {tail}")
@@ -188,7 +194,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset_dir", required=True)
     parser.add_argument("--backbone", default="timm:vit_small_patch14_dinov2")
-    parser.add_argument("--pretrained", required=True, help="the backbone's weights file")
+    parser.add_argument("--pretrained", default=None, help="the backbone's weights file (needed unless --tiny)")
+    parser.add_argument("--tiny", action="store_true", help="a tiny backbone of the same family, no weights (tests)")
     parser.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES))
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=None, help="default: per size")
     parser.add_argument("--batch_size", type=int, default=16)
@@ -196,9 +203,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--val_images", type=int, default=16)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--malloc_mmap_threshold",
+        type=int,
+        default=None,
+        help="fix glibc's mmap threshold in the runs (bytes, e.g. 65536), so that the resident peak follows live "
+        "memory (default: glibc's dynamic threshold, what a user's process gets)",
+    )
     parser.add_argument("--output_dir", default="runs/bundle_memory")
     parser.add_argument("--output", default=None, help="write the record (JSON) here too, with .md and .png beside")
     args = parser.parse_args(argv)
+    if args.pretrained is None and not args.tiny:
+        parser.error("--pretrained is required (the backbone's weights file), unless --tiny")
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     write_datalist(args, Path(args.output_dir) / "datalist.json")
     results: dict[int, dict[str, dict[str, Any]]] = {}
@@ -217,6 +233,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "train_images": args.train_images,
         "val_images": args.val_images,
         "device": args.device,
+        "malloc_mmap_threshold": args.malloc_mmap_threshold,
         "results": {str(size): runs for size, runs in results.items()},
         "ratios_to_full": {
             str(size): {

@@ -14,7 +14,8 @@ bundles train it: the network from :func:`~monai_shpeft.methods.build_network`, 
   beforehand with the cache's real ``fill``, outside any measurement (by the ``fpt`` process once its own
   measurement is printed, or by a preliminary process when ``fpt`` is not run); the measured process looks the
   features up with :class:`~monai_shpeft.feature_cache.LoadFrozenFeaturesd` through a DataLoader. The frozen backbone
-  stays in the network (it is part of the model), so its weights count in this method's peak too;
+  is built with its weights (the cache's namespace hashes them), then released as ``FeaturePreloadHandler`` does
+  once the cache is complete (:meth:`~monai_shpeft.networks.FPTNetwork.release_frozen_backbone`);
 - ``full_gc``, ``shpeft_gc``: full fine-tuning and SH-PEFT with the bundles' ``grad_checkpointing`` knob, passed to
   :func:`~monai_shpeft.methods.build_network` (each block keeps only its input and runs again in backward). They are
   not run by default: name them in ``--methods``.
@@ -130,6 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tiny", action="store_true", help="tiny backbones of the same family (tests)")
     parser.add_argument("--cache_dir", default=None, help="FPT feature cache (default: a temporary folder)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--malloc_mmap_threshold",
+        type=int,
+        default=None,
+        help="fix glibc's mmap threshold in the workers (bytes, e.g. 65536): freed tensors then leave the resident "
+        "set at once, so the CPU peak follows live memory as a GPU allocator's peak does (default: glibc's own, "
+        "dynamic threshold, under which freed tensors can stay resident)",
+    )
     parser.add_argument("--worker", choices=(*METHODS, PREPARE_CACHE), default=None, help=argparse.SUPPRESS)
     # the fpt worker fills the cache for fpt_preload once its own measurement is done (saves a process start-up)
     parser.add_argument("--fill_cache_after", action="store_true", help=argparse.SUPPRESS)
@@ -236,18 +245,6 @@ class StepTimer:
         self.step_seconds.append(done - self.loaded)
         self.step_cpu_seconds.append(time.process_time() - self.loaded_cpu)
         self.losses.append(float(engine.state.output["loss"].detach()))
-
-
-def _release_freed_heap() -> None:
-    """Collect garbage and hand freed heap pages back, so that the resident baseline holds no reusable free pages."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _device_description(device: torch.device) -> str:
@@ -386,7 +383,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     from monai_shpeft.feature_cache import LoadFrozenFeaturesd, feature_cache_for
     from monai_shpeft.handlers import GradientMaskHandler, ImportanceEstimationHandler
-    from monai_shpeft.memory import PeakMemoryMeter, max_rss_bytes
+    from monai_shpeft.memory import PeakMemoryMeter, max_rss_bytes, release_freed_heap
     from monai_shpeft.methods import build_optimizer
 
     device, batch_size = _resolve(args)
@@ -396,7 +393,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     _start_runtime(device)
 
     # ---- baseline: imports done, runtime started, nothing built
-    _release_freed_heap()
+    release_freed_heap()
     meter = PeakMemoryMeter(device)
     meter.start()
     baseline_maxrss = max_rss_bytes()
@@ -432,7 +429,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     if method == "fpt_preload":
         cache = feature_cache_for(network, args.cache_dir)
         dataset = Dataset(images, LoadFrozenFeaturesd("image", cache, source_key=None))
-        extra.update({"cache_root": str(cache.root), "cache_dtype": cache.dtype_name})
+        # as FeaturePreloadHandler does once the cache is complete: the frozen backbone's weights are freed
+        released = network.release_frozen_backbone(Path(args.cache_dir) / "frozen_backbones")
+        extra.update({"cache_root": str(cache.root), "cache_dtype": cache.dtype_name, "released": released})
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     # as in the bundles: FPT's side image reaches the network as its image_lr argument
     prepare = PrepareBatchExtraInput(extra_keys={"image_lr": "image_lr"}) if fpt else default_prepare_batch
@@ -513,8 +512,8 @@ def worker_main(args: argparse.Namespace) -> int:
 # parent: one subprocess per method, then the report
 
 
-def run_worker(command: list[str]) -> dict[str, Any]:
-    """Run a worker process.
+def run_worker(command: list[str], mmap_threshold: int | None = None) -> dict[str, Any]:
+    """Run a worker process (with glibc's ``MALLOC_MMAP_THRESHOLD_`` fixed to ``mmap_threshold`` bytes when given).
 
     Returns:
         ``{"measurement": ..., "preparation": ..., "failure": ...}``: the method's result and the cache fill's report
@@ -522,7 +521,10 @@ def run_worker(command: list[str]) -> dict[str, Any]:
         process failed (``None`` otherwise).
     """
     start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if mmap_threshold is not None:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(mmap_threshold)
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
     elapsed = time.perf_counter() - start
     out: dict[str, Any] = {"measurement": None, "preparation": None, "failure": None}
     for line in done.stdout.splitlines():
@@ -575,6 +577,7 @@ def settings_of(args: argparse.Namespace, results: dict[str, dict[str, Any]]) ->
         "optimizer": f"AdamW(lr={LEARNING_RATE}, default weight_decay=0.01), float32, no AMP",
         "grad_checkpointing": [m for m in results if m in CHECKPOINTED],
         "repeats": args.repeats,
+        "malloc_mmap_threshold": getattr(args, "malloc_mmap_threshold", None),
         "seed": args.seed,
         "device": first.get("device", args.device),
         **{key: first.get(key) for key in ("device_description", "torch_version", "torch_threads")},
@@ -631,6 +634,12 @@ def markdown_report(report: dict[str, Any]) -> str:
             "imports) of a fresh process per method, minus that process's resident size at the baseline (imports "
             "done, nothing built), measured by `monai_shpeft.memory.PeakMemoryMeter`."
         )
+        if settings.get("malloc_mmap_threshold"):
+            memory_note += (
+                f" The workers ran with glibc's mmap threshold fixed at {settings['malloc_mmap_threshold']:,} bytes "
+                "(`MALLOC_MMAP_THRESHOLD_`): every larger tensor is its own mapping, returned when freed, so the "
+                "resident peak follows the live tensors as `torch.cuda.max_memory_allocated` does on a GPU."
+            )
         runs = [run for r in results.values() if r.get("ok") for run in r.get("repeats", [r]) if run.get("ok")]
         loads = [v for run in runs for v in run.get("load_average_1min", [])]
         load = f"{min(loads):.1f} to {max(loads):.1f}" if loads else "unknown"
@@ -711,9 +720,9 @@ def markdown_report(report: dict[str, Any]) -> str:
             " FPT with preloading reads the frozen features "
             f"{tuple(preload['feature_shape'])} per image ({preload['cache_dtype']}) from a cache filled beforehand, "
             f"outside its measurement, by {report['cache_preparation']['filled_by']} (its files just written, so "
-            "probably read from the OS page cache); its frozen backbone stays in the network "
-            f"({preload['frozen_backbone_weight_bytes'] / MB:,.1f} MB of weights, counted in its peak) although it "
-            "does not run."
+            "probably read from the OS page cache); its frozen backbone is built with its weights "
+            f"({preload['frozen_backbone_weight_bytes'] / MB:,.1f} MB, counted in the peak while they are held), then "
+            "released before training, as `FeaturePreloadHandler` does once the cache is complete."
         )
     if preload.get("ok") and fpt.get("ok"):
         notes += (
@@ -822,7 +831,7 @@ def run_methods(
         tag = f"[{index}/{total}] {method}" + (f" (repeat {repeat + 1})" if workers.repeats > 1 else "")
         if method == "fpt_preload" and preparation is None:
             print(f"[prep] filling the FPT feature cache in {workers.cache_dir} (not measured) ...", flush=True)
-            out = run_worker(worker_command(workers, PREPARE_CACHE))
+            out = run_worker(worker_command(workers, PREPARE_CACHE), workers.malloc_mmap_threshold)
             preparation = _or_failure(out["preparation"], out, "cache report")
             _print_preparation(preparation)
         print(f"{tag}: started (elapsed {time.perf_counter() - started:.0f} s)", flush=True)
@@ -831,7 +840,9 @@ def run_methods(
             error = f"the feature cache could not be filled: {preparation['error']}"
             result = {"ok": False, "error": error, "stderr_tail": preparation.get("stderr_tail", "")}
         else:
-            out = run_worker(worker_command(workers, method, fill_cache_after=fill_after))
+            out = run_worker(
+                worker_command(workers, method, fill_cache_after=fill_after), workers.malloc_mmap_threshold
+            )
             result = _or_failure(out["measurement"], out, "measurement")
             if fill_after and out["preparation"] is not None:
                 preparation = out["preparation"]

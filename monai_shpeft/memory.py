@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import os
 import resource
@@ -10,13 +11,33 @@ from typing import Any
 
 import torch
 
-__all__ = ["PeakMemoryMeter", "PhaseMemoryRecorder", "current_rss_bytes", "max_rss_bytes", "reset_peak_rss"]
+__all__ = [
+    "PeakMemoryMeter",
+    "PhaseMemoryRecorder",
+    "current_rss_bytes",
+    "max_rss_bytes",
+    "release_freed_heap",
+    "reset_peak_rss",
+]
 
 
 def current_rss_bytes() -> int:
     """Resident set size of this process now (Linux ``/proc/self/statm``)."""
     with open("/proc/self/statm") as handle:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def release_freed_heap() -> None:
+    """Collect garbage and hand freed heap pages back to the system (glibc's ``malloc_trim``; a no-op elsewhere).
+
+    Freed tensors below glibc's mmap threshold stay in the heap and keep counting as resident; trimming makes the
+    resident size that follows reflect what is alive.
+    """
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def reset_peak_rss() -> bool:
@@ -110,9 +131,11 @@ class PeakMemoryMeter:
 class PhaseMemoryRecorder:
     """Peak memory of consecutive phases of one process (e.g. a bundle run), each measured apart.
 
-    Each :meth:`begin` closes the phase before it and resets the high-water mark, so a phase's peak is its own: the
-    peak resident set size of the process during the phase (absolute, so the first phase includes the imports), and
-    on CUDA the allocator's peak (``torch.cuda.max_memory_allocated``). The whole run's peak is the largest of them.
+    Each :meth:`begin` closes the phase before it, hands freed heap pages back (:func:`release_freed_heap`, so a
+    phase starts from what is alive rather than from what the allocator kept of the phase before) and resets the
+    high-water mark, so a phase's peak is its own: the peak resident set size of the process during the phase
+    (absolute, so the first phase includes the imports), and on CUDA the allocator's peak
+    (``torch.cuda.max_memory_allocated``). The whole run's peak is the largest of them.
 
     Args:
         device: the device the run trains on.
@@ -139,6 +162,7 @@ class PhaseMemoryRecorder:
         """
         self.end()
         if reset:
+            release_freed_heap()
             self.reset_ok = reset_peak_rss() and self.reset_ok
             if self._cuda:
                 torch.cuda.reset_peak_memory_stats(self.device)

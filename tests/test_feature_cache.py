@@ -238,8 +238,8 @@ def test_put_and_manifest(tmp_path: Path) -> None:
 
 
 def test_invalid_arguments(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="Unknown feature cache dtype 'int8'"):
-        FrozenFeatureCache(tmp_path, {"feature_shape": [1, 2, 3, 4]}, dtype="int8")
+    with pytest.raises(ValueError, match="Unknown feature cache dtype 'int4'"):
+        FrozenFeatureCache(tmp_path, {"feature_shape": [1, 2, 3, 4]}, dtype="int4")
     with pytest.raises(ValueError, match="feature_shape"):
         FrozenFeatureCache(tmp_path, {"backbone": "x"})
     with pytest.raises(TypeError, match="Linear has no frozen FPT branch"):

@@ -144,8 +144,11 @@ def test_preloaded_training_matches_training_on_images(tmp_path: Path) -> None:
         optimizer = torch.optim.SGD(network.parameters(), lr=0.1)
         nn.functional.cross_entropy(network(first_input, image_lr), labels).backward()
         optimizer.step()
-    for (name, a), b in zip(networks[0].named_parameters(), networks[1].parameters()):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
+    # the state dicts: the first network's frozen weights are released after the fill, its state dict still has them
+    assert networks[0].extractor.released
+    second = networks[1].state_dict()
+    for name, value in networks[0].state_dict().items():
+        torch.testing.assert_close(value, second[name], atol=1e-6, rtol=0, msg=name)
 
 
 def test_training_without_filling_fails_on_the_missing_entry(tmp_path: Path) -> None:

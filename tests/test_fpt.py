@@ -162,3 +162,40 @@ def test_monai_supervised_trainer_with_low_resolution_extra_input() -> None:
     assert len(seen) == 2 and torch.equal(seen[0], image_lr[:2]) and torch.equal(seen[1], image_lr[2:])
     assert not torch.equal(network.head.weight.detach(), head_before)
     assert all(torch.equal(t, frozen_before[n]) for n, t in network.extractor.state_dict().items())
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_preloaded_features_keep_no_full_precision_copy_for_backward(autocast: bool) -> None:
+    """float16 features: the fusion is recomputed in backward, so autograd keeps only the float16 batch.
+
+    Gradients and logits are bit-identical to keeping each layer's float32 copy of the keys and values, also under
+    the bundles' CPU bfloat16 autocast.
+    """
+    network = tiny_fpt().train()
+    image, image_lr, label = batch(56, 28, count=4)
+    features = network.frozen_features(image).half()
+    results = {}
+    for recompute in (False, True):
+        network.recompute_feature_casts = recompute
+        saved: list[int] = []
+
+        def pack(tensor: torch.Tensor, saved: list[int] = saved) -> torch.Tensor:
+            saved.append(tensor.numel() * tensor.element_size() if tensor.dtype == torch.float32 else 0)
+            return tensor
+
+        network.zero_grad()
+        with (
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor),
+            torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast),
+        ):
+            logits = network(features, image_lr)
+            loss = F.cross_entropy(logits, label)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in network.named_parameters() if p.grad is not None}
+        results[recompute] = (logits.detach(), grads, sum(saved))
+    (kept_logits, kept_grads, kept_bytes), (logits, grads, recomputed_bytes) = results[False], results[True]
+    assert torch.equal(logits, kept_logits)
+    assert grads.keys() == kept_grads.keys() and all(torch.equal(grads[n], kept_grads[n]) for n in grads)
+    if not autocast:  # (under autocast the copies kept would be bfloat16 ones)
+        copies = features.numel() * 4  # every layer's float32 keys and values
+        assert kept_bytes - recomputed_bytes >= copies

@@ -7,6 +7,7 @@ The frozen branch sees the un-augmented high-resolution image, so its key/value 
 
 from __future__ import annotations
 
+from monai_shpeft.feature_cache.quantize import dequantize_int8, quantize_int8
 from monai_shpeft.feature_cache.store import (
     FEATURE_CACHE_VERSION,
     FeatureCacheError,
@@ -25,7 +26,9 @@ __all__ = [
     "LoadFrozenFeatures",
     "LoadFrozenFeaturesd",
     "batch_sources",
+    "dequantize_int8",
     "describe_transforms",
     "feature_cache_for",
     "item_source",
+    "quantize_int8",
 ]

@@ -33,6 +33,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from monai_shpeft.errors import InputError
+from monai_shpeft.feature_cache.quantize import dequantize_int8, quantize_int8
 from monai_shpeft.utils import atomic_path, atomic_write_json, sha256_of_file
 
 __all__ = [
@@ -48,8 +49,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 FEATURE_CACHE_VERSION = 2
-_DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}
+_DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.int8}
 _TENSOR_NAME = "features"
+_SCALE_NAME = "scales"  # int8 entries only: one float32 absmax scale per token vector (feature_cache/quantize.py)
 
 
 class FeatureCacheError(InputError, RuntimeError):
@@ -66,7 +68,8 @@ class FrozenFeatureCache:
         identity: everything besides the image the features depend on (see :func:`feature_cache_for`); must include
             ``"feature_shape"``.
         dtype: storage dtype, ``"float16"`` (half the disk and I/O; see docs/fpt.md for its effect on the logits),
-            ``"bfloat16"`` or ``"float32"`` (exact).
+            ``"bfloat16"``, ``"float32"`` (exact) or ``"int8"`` (a quarter, plus one float32 scale per token vector;
+            read back as float16, see :mod:`~monai_shpeft.feature_cache.quantize`).
 
     Raises:
         ValueError: on an unknown ``dtype`` or an identity without ``feature_shape``.
@@ -122,18 +125,26 @@ class FrozenFeatureCache:
         if not path.is_file():
             return None
         try:
-            features = load_file(os.fspath(path))[_TENSOR_NAME]
+            stored = load_file(os.fspath(path))
+            features = stored[_TENSOR_NAME]
+            scales = stored[_SCALE_NAME] if self.dtype_name == "int8" else None
         except (SafetensorError, KeyError, OSError) as err:
             raise FeatureCacheError(
                 f"Feature cache entry '{path}' is unreadable ({err}); the next preloading (or cache.fill) computes it "
                 "again."
             ) from err
+        wrong = self._wrong_shape(features, scales)
+        if wrong:
+            raise FeatureCacheError(f"Feature cache entry '{path}' has {wrong}; delete it and fill the cache again.")
+        return features if scales is None else dequantize_int8(features, scales)
+
+    def _wrong_shape(self, features: torch.Tensor, scales: torch.Tensor | None) -> str | None:
+        """What is wrong with a stored entry's shapes (``None``: nothing)."""
         if tuple(features.shape) != self.feature_shape:
-            raise FeatureCacheError(
-                f"Feature cache entry '{path}' has shape {tuple(features.shape)}, expected {self.feature_shape}; "
-                "delete it and fill the cache again."
-            )
-        return features
+            return f"shape {tuple(features.shape)}, expected {self.feature_shape}"
+        if scales is not None and tuple(scales.shape) != (*self.feature_shape[:-1], 1):
+            return f"scales of shape {tuple(scales.shape)}, expected {(*self.feature_shape[:-1], 1)}"
+        return None
 
     def put(self, image: torch.Tensor, features: torch.Tensor, source: str | os.PathLike | None = None) -> Path:
         """Store the features of one image (atomically) and return the entry's file.
@@ -148,10 +159,14 @@ class FrozenFeatureCache:
     def _store(self, key: str, features: torch.Tensor) -> Path:
         path = self.path(key)
         self._write_manifest()
+        if self.dtype_name == "int8":
+            values, scales = quantize_int8(features)
+            tensors = {_TENSOR_NAME: values, _SCALE_NAME: scales}
+        else:  # the layout of the float dtypes is unchanged since FEATURE_CACHE_VERSION 2
+            tensors = {_TENSOR_NAME: features.detach().to("cpu", self.dtype).contiguous()}
         with atomic_path(path) as tmp:
-            tensor = features.detach().to("cpu", self.dtype).contiguous()
-            metadata = {"namespace": self.namespace, "sha256": _tensor_digest(tensor)}
-            save_file({_TENSOR_NAME: tensor}, os.fspath(tmp), metadata=metadata)
+            metadata = {"namespace": self.namespace, "sha256": _tensor_digest(*tensors.values())}
+            save_file(tensors, os.fspath(tmp), metadata=metadata)
         return path
 
     def damage(self, path: Path) -> str | None:
@@ -168,11 +183,13 @@ class FrozenFeatureCache:
             with safe_open(os.fspath(path), "pt") as handle:
                 recorded = (handle.metadata() or {}).get("sha256")
                 features = handle.get_tensor(_TENSOR_NAME)
+                scales = handle.get_tensor(_SCALE_NAME) if self.dtype_name == "int8" else None
         except (SafetensorError, KeyError, OSError, RuntimeError) as err:
             return f"unreadable ({err})"
-        if tuple(features.shape) != self.feature_shape:
-            return f"shape {tuple(features.shape)}, expected {self.feature_shape}"
-        if recorded is not None and recorded != _tensor_digest(features):
+        wrong = self._wrong_shape(features, scales)
+        if wrong:
+            return wrong
+        if recorded is not None and recorded != _tensor_digest(*(t for t in (features, scales) if t is not None)):
             return "its bytes do not match their checksum"
         return None
 
@@ -247,7 +264,10 @@ class FrozenFeatureCache:
         from monai_shpeft.utils import unwrap
 
         network = unwrap(network)
-        device = torch.device(device) if device is not None else next(network.parameters()).device
+        if device is None:  # where the frozen branch's weights are (or were, when released)
+            extractor = getattr(network, "extractor", None)
+            device = getattr(extractor, "device", None) or next(network.parameters()).device
+        device = torch.device(device)
         loader = DataLoader(Dataset(list(data), transform), batch_size=batch_size, num_workers=num_workers)
         start = time.perf_counter()
         cached = computed = 0
@@ -298,10 +318,12 @@ def item_source(item: Mapping[Any, Any], image_key: str = "image", source_key: s
     return None if source is None or source == "" else str(source)
 
 
-def _tensor_digest(tensor: torch.Tensor) -> str:
-    """SHA-256 of a tensor's bytes (its dtype and shape are checked separately)."""
-    raw = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
-    return hashlib.sha256(raw.numpy().tobytes()).hexdigest()
+def _tensor_digest(*tensors: torch.Tensor) -> str:
+    """SHA-256 of tensors' bytes, one after the other (their dtypes and shapes are checked separately)."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def batch_sources(batch: Mapping[str, Any], image_key: str, source_key: str | None, size: int) -> list[str | None]:

@@ -39,7 +39,7 @@ class LoadFrozenFeatures(Transform):
             source: the image's file: its content is the key, and it is named in the error on a miss.
 
         Returns:
-            the cached features, in the cache's storage dtype.
+            the cached features, in the cache's storage dtype (float16 for an int8 cache, dequantised here).
         """
         features = self.cache.get(img, source)
         if features is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from monai_shpeft.networks.fpt import FPTNetwork, build_fpt
 from monai_shpeft.networks.frozen_features import FrozenFeatureExtractor, UnsupportedBackboneError
+from monai_shpeft.networks.frozen_release import FrozenSnapshotError
 from monai_shpeft.networks.fusion import FineGrainedFusion
 from monai_shpeft.networks.side_vit import SideViT
 from monai_shpeft.networks.token_selection import (
@@ -16,6 +17,7 @@ __all__ = [
     "FPTNetwork",
     "FineGrainedFusion",
     "FrozenFeatureExtractor",
+    "FrozenSnapshotError",
     "SideViT",
     "UnsupportedBackboneError",
     "attention_received",

@@ -9,7 +9,9 @@ receives; only the keys and values of the top ``token_ratio`` tokens are kept. T
 
 from __future__ import annotations
 
-import hashlib
+import logging
+import os
+from pathlib import Path
 from typing import Any, cast
 
 import torch
@@ -17,9 +19,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from monai_shpeft.errors import SettingsError
+from monai_shpeft.networks.frozen_release import (
+    ReleasedParameter,
+    read_snapshot,
+    release_parameters,
+    restore_parameters,
+    state_digest,
+    write_snapshot,
+)
 from monai_shpeft.networks.token_selection import attention_received, num_selected_tokens, select_important_tokens
 
 __all__ = ["FrozenFeatureExtractor", "UnsupportedBackboneError"]
+
+logger = logging.getLogger(__name__)
 
 # the attribute of an attention layer through which its hook finds the collector of its extractor
 _COLLECTOR_ATTRIBUTE = "_fpt_collector"
@@ -34,6 +46,10 @@ class FrozenFeatureExtractor(nn.Module):
 
     Every parameter is frozen (``requires_grad=False``), the module always stays in eval mode, and the backbone runs
     under ``torch.no_grad()``, so neither gradients nor activations of the backbone are kept for backward.
+
+    When the features come from a cache, :meth:`release` frees the backbone's weights (kept in a snapshot file on
+    disk): its state dict still holds them, read back from the snapshot, a state dict holding the same weights loads
+    without bringing them back, and a call of the branch restores them first.
 
     Args:
         backbone: a timm ``VisionTransformer`` or an open_clip ``VisionTransformer`` (visual tower), e.g.
@@ -77,6 +93,82 @@ class FrozenFeatureExtractor(nn.Module):
             setattr(layer, _COLLECTOR_ATTRIBUTE, self._collector)
             layer.register_forward_pre_hook(_collect_key_values, with_kwargs=True)
         self.backbone.eval()
+        self._released: list[ReleasedParameter] = []
+        self._snapshot: Path | None = None
+        self._fingerprint: str | None = None  # of the released weights
+        self._device: torch.device | None = None  # where the released weights lived
+        self.register_state_dict_post_hook(_supply_released_weights)
+        self.register_load_state_dict_pre_hook(_load_over_released_weights)
+
+    @property
+    def released(self) -> bool:
+        """Whether the backbone's weights are released (see :meth:`release`)."""
+        return bool(self._released)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the backbone's weights live (or lived before :meth:`release`)."""
+        if self._device is not None:
+            return self._device
+        return next(iter(self.backbone.parameters())).device
+
+    def release(self, snapshot_dir: str | os.PathLike) -> dict[str, Any]:
+        """Free the backbone's weights until the branch is called again (training on preloaded features).
+
+        The weights are first written to ``<snapshot_dir>/<sha256[:16]>.safetensors`` (kept when a sound snapshot
+        of the same weights is there), then every parameter becomes a storage-less ``meta`` tensor. What keeps
+        working: ``state_dict()`` (the values read back from the snapshot, checked against their SHA-256, on the
+        CPU), ``load_state_dict`` (a state dict with the same frozen weights leaves them released; other frozen
+        weights bring the backbone back and are copied in), :meth:`fingerprint`, ``.to(device)`` (remembered for
+        the restore) and a call of the branch (which restores the weights first, with a warning). Does nothing when
+        already released.
+
+        Args:
+            snapshot_dir: folder of the snapshot (the bundles use ``<feature_cache_dir>/frozen_backbones``).
+
+        Returns:
+            ``{"tensors": ..., "bytes": ..., "snapshot": ...}`` (zeros when nothing was released).
+        """
+        if self.released:
+            return {"tensors": 0, "bytes": 0, "snapshot": str(self._snapshot)}
+        state = self.backbone.state_dict()
+        fingerprint = state_digest(self.backbone_name, state.items())
+        snapshot = Path(snapshot_dir) / f"{fingerprint[:16]}.safetensors"
+        write_snapshot(snapshot, self.backbone_name, state, fingerprint)
+        device = self.device
+        del state  # its tensors are the parameters' storage: no reference may outlive the release
+        self._released, freed = release_parameters(self.backbone)
+        self._snapshot, self._fingerprint, self._device = snapshot, fingerprint, device
+        logger.info(
+            "FPT: released the frozen backbone's weights (%d tensors, %.1f MB) for training on preloaded features; "
+            "they are read back from %s where a state dict is taken, and restored if the frozen branch runs.",
+            len(self._released),
+            freed / 1e6,
+            snapshot,
+        )
+        return {"tensors": len(self._released), "bytes": freed, "snapshot": str(snapshot)}
+
+    def restore(self) -> None:
+        """Bring released weights back from the snapshot (nothing to do when they are not released).
+
+        Raises:
+            FrozenSnapshotError: when the snapshot is missing or holds other weights.
+        """
+        if not self.released:
+            return
+        restore_parameters(self._released, self._read_snapshot(), self.device)
+        self._released, self._snapshot, self._fingerprint, self._device = [], None, None, None
+
+    def _read_snapshot(self) -> dict[str, torch.Tensor]:
+        keys = list(self.backbone.state_dict().keys())  # released parameters are meta: names, no values
+        return read_snapshot(cast(Path, self._snapshot), self.backbone_name, keys, cast(str, self._fingerprint))
+
+    def _apply(self, fn: Any, recurse: bool = True) -> FrozenFeatureExtractor:
+        """``Module._apply`` that skips released (meta) weights and remembers the device they should come back to."""
+        if not self.released:
+            return cast(FrozenFeatureExtractor, super()._apply(fn, recurse))
+        self._device = fn(torch.empty(0, device=self.device)).device
+        return cast(FrozenFeatureExtractor, super()._apply(lambda t: t if t.is_meta else fn(t), recurse))
 
     @property
     def feature_shape(self) -> tuple[int, int, int, int]:
@@ -106,6 +198,11 @@ class FrozenFeatureExtractor(nn.Module):
                 f"The frozen backbone {self.backbone_name} expects images [B, C, {self.image_size}, "
                 f"{self.image_size}], got {tuple(image.shape)}."
             )
+        if self.released:
+            logger.warning(
+                "FPT: the frozen branch is called with its weights released; restoring them from %s.", self._snapshot
+            )
+            self.restore()
         self._collector.features = []
         try:
             with torch.no_grad():
@@ -119,13 +216,62 @@ class FrozenFeatureExtractor(nn.Module):
         """SHA-256 of the backbone's name and every tensor of its state dict (names, shapes, dtypes, values).
 
         Computed afresh on every call (about a second for ViT-B), so weights loaded after the network was built,
-        e.g. from a checkpoint, are always what the feature cache's identity describes.
+        e.g. from a checkpoint, are always what the feature cache's identity describes. Released weights (see
+        :meth:`release`) are those of the snapshot, whose SHA-256 this is.
         """
-        digest = hashlib.sha256(self.backbone_name.encode())
-        for name, tensor in self.backbone.state_dict().items():
-            digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-        return digest.hexdigest()
+        if self.released:
+            return cast(str, self._fingerprint)
+        return state_digest(self.backbone_name, self.backbone.state_dict().items())
+
+
+def _supply_released_weights(
+    module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any]
+) -> None:
+    """State-dict post-hook: released (meta) backbone entries get their values from the snapshot."""
+    extractor = cast(FrozenFeatureExtractor, module)
+    if not extractor.released:
+        return
+    values = extractor._read_snapshot()
+    for _, _, name in extractor._released:
+        key = f"{prefix}backbone.{name}"
+        if key in state_dict:
+            state_dict[key] = values[name]
+
+
+def _load_over_released_weights(
+    module: nn.Module,
+    state_dict: dict[str, Any],
+    prefix: str,
+    local_metadata: dict[str, Any],
+    strict: bool,
+    missing_keys: list[str],
+    unexpected_keys: list[str],
+    error_msgs: list[str],
+) -> None:
+    """Load-state-dict pre-hook: the released weights stay released when the incoming ones are the same.
+
+    Incoming frozen entries are compared by their SHA-256 with the released weights; equal, they are replaced by
+    ``meta`` tensors (nothing to copy, no storage); different, the backbone is restored and the load copies them in.
+    Missing entries are left to the load's own strict check.
+    """
+    extractor = cast(FrozenFeatureExtractor, module)
+    if not extractor.released:
+        return
+    names = list(extractor.backbone.state_dict().keys())
+    keys = [f"{prefix}backbone.{name}" for name in names]
+    present = [key for key in keys if key in state_dict]
+    if not present:
+        return  # no frozen entry: the strict check reports them missing, a non-strict load leaves them released
+    complete = len(present) == len(keys) and not any(getattr(state_dict[k], "is_meta", True) for k in keys)
+    if not complete or (
+        state_digest(extractor.backbone_name, ((n, state_dict[k]) for n, k in zip(names, keys)))
+        != extractor._fingerprint
+    ):
+        extractor.restore()  # some or other frozen values: the backbone comes back and the load copies them in
+        return
+    for _, _, name in extractor._released:
+        key = f"{prefix}backbone.{name}"
+        state_dict[key] = torch.empty_like(state_dict[key], device="meta")
 
 
 class _Collector:
