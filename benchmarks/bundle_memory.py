@@ -211,6 +211,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "memory (default: glibc's dynamic threshold, what a user's process gets)",
     )
     parser.add_argument("--output_dir", default="runs/bundle_memory")
+    parser.add_argument("--collect_only", action="store_true", help="write the record of the finished runs only")
     parser.add_argument("--output", default=None, help="write the record (JSON) here too, with .md and .png beside")
     args = parser.parse_args(argv)
     if args.pretrained is None and not args.tiny:
@@ -222,6 +223,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         methods = args.methods or DEFAULT_METHODS.get(size, tuple(METHODS))
         order = ["full", *[m for m in methods if m != "full"]]  # the reference first
         for method in order:
+            done = Path(args.output_dir) / f"{size}px" / method / "result.json"
+            if args.collect_only and not done.is_file():
+                continue
             print(f"{size} px {method}: running", flush=True)
             result = run_one(args, size, method)
             results.setdefault(size, {})[method] = result
