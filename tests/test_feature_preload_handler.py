@@ -24,12 +24,12 @@ def tiny_fpt() -> FPTNetwork:
     return build_fpt(TINY_TIMM, 3, None, image_size=SIZE, side_image_size=SIDE_SIZE, tiny=True)
 
 
-def in_memory_items(folder: Path) -> list[dict[str, Any]]:
+def in_memory_items(folder: Path, count: int = NUM_ITEMS) -> list[dict[str, Any]]:
     """Tensors in memory, each with the (real, written) file it stands for: the file's bytes key its features."""
     generator = torch.Generator().manual_seed(0)
     folder.mkdir(parents=True, exist_ok=True)
     items = []
-    for index in range(NUM_ITEMS):
+    for index in range(count):
         source = folder / f"case_{index}.bin"
         source.write_bytes(f"case {index}".encode())
         items.append(

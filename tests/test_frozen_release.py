@@ -15,46 +15,15 @@ from ignite.engine import Events
 from monai.data import DataLoader, Dataset
 from monai.engines import PrepareBatchExtraInput, SupervisedTrainer
 from monai.handlers import CheckpointSaver
-from monai.transforms import Compose, EnsureTyped, RandFlipd, ScaleIntensityd
+from monai.transforms import Compose, RandFlipd
 from monai.utils import set_determinism
 from safetensors.torch import load_file, save_file
 
 from monai_shpeft.feature_cache import FeatureCacheError, FrozenFeatureCache, LoadFrozenFeaturesd, feature_cache_for
 from monai_shpeft.handlers import FeaturePreloadHandler
-from monai_shpeft.networks import FPTNetwork, FrozenSnapshotError, build_fpt
-from tests.helpers import TINY_TIMM
-
-SIZE, SIDE_SIZE, NUM_ITEMS = 56, 28, 6
-
-
-def tiny_fpt() -> FPTNetwork:
-    torch.manual_seed(0)
-    return build_fpt(TINY_TIMM, 3, None, image_size=SIZE, side_image_size=SIDE_SIZE, tiny=True)
-
-
-def items_with_files(folder: Path, count: int = NUM_ITEMS) -> list[dict[str, Any]]:
-    """In-memory images, each with the real file whose bytes key its features."""
-    generator = torch.Generator().manual_seed(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    items = []
-    for index in range(count):
-        source = folder / f"case_{index}.bin"
-        source.write_bytes(f"case {index}".encode())
-        items.append(
-            {
-                "image": torch.rand(3, SIZE, SIZE, generator=generator) * 200 + 10 * index,
-                "image_lr": torch.rand(3, SIDE_SIZE, SIDE_SIZE, generator=generator),
-                "label": index % 3,
-                "image_path": str(source),
-            }
-        )
-    return items
-
-
-def preprocessing() -> Compose:
-    return Compose(
-        [EnsureTyped(keys=("image", "image_lr"), dtype=torch.float32, track_meta=False), ScaleIntensityd(keys="image")]
-    )
+from monai_shpeft.networks import FPTNetwork, FrozenSnapshotError
+from tests.test_feature_preload_handler import SIZE, preprocessing, tiny_fpt
+from tests.test_feature_preload_handler import in_memory_items as items_with_files
 
 
 def trainer_for(
